@@ -1,0 +1,7 @@
+"""``python -m refbench`` runs the CLI."""
+
+import sys
+
+from refbench.cli import main
+
+sys.exit(main())

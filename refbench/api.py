@@ -1,0 +1,299 @@
+"""The plugin contract: what a referring-segmentation method gives the harness and takes from it.
+
+A plugin subclasses `RISModel` (evaluation only) or `TrainableModel` (evaluation and training)
+and is registered under the entry-point group ``refbench.models``. The harness owns everything
+after the response map: resizing to the original image, normalisation, thresholding, the peak
+point, proposal selection and metrics, so that every method is scored by the same code.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from refbench.errors import CheckpointError, ConfigError, PredictionError
+
+CHECKPOINT_FORMAT = "refbench-checkpoint/1"
+
+# CLIP's normalisation, the default for every model built on a CLIP backbone.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One referring sentence about one object, with the ids that tie it to the data set."""
+
+    text: str
+    image_id: int = -1
+    ref_id: int = -1
+    ann_id: int = -1
+    sent_id: int = -1
+    cues: tuple[str, ...] = ()  # target-related phrases, first = head noun (PCNet Sec. 3.1)
+
+    @property
+    def key(self) -> str:
+        """A stable id for this expression within its split: ``image:ref:sent``."""
+        return f"{self.image_id}:{self.ref_id}:{self.sent_id}"
+
+
+@dataclass
+class Batch:
+    """Images encoded once, each with the expressions to answer about it.
+
+    images: [B, 3, S, S] float, resized and normalised for the model.
+    expressions: for each image, its expressions (at least one each).
+    extras: optional per-batch tensors a plugin asked for, e.g. ``proposals`` [B, P, S, S].
+    """
+
+    images: Tensor
+    expressions: list[list[Expression]]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"Batch.images must be [B, 3, S, S], got {tuple(self.images.shape)}")
+        if len(self.expressions) != self.images.shape[0]:
+            raise ValueError(
+                f"Batch has {self.images.shape[0]} images but {len(self.expressions)} expression lists"
+            )
+
+    @property
+    def flat_expressions(self) -> list[Expression]:
+        """All expressions in batch order: image 0's, then image 1's, ..."""
+        return [e for group in self.expressions for e in group]
+
+    @property
+    def num_expressions(self) -> int:
+        return sum(len(g) for g in self.expressions)
+
+    def image_index(self) -> Tensor:
+        """[E] long: the image each flat expression belongs to."""
+        counts = torch.tensor([len(g) for g in self.expressions], dtype=torch.long)
+        return torch.repeat_interleave(torch.arange(len(self.expressions)), counts).to(
+            self.images.device
+        )
+
+    def texts(self) -> list[str]:
+        return [e.text for e in self.flat_expressions]
+
+    def to(self, device: torch.device | str) -> Batch:
+        extras = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extras.items()}
+        return Batch(self.images.to(device), self.expressions, extras)
+
+
+@dataclass
+class Prediction:
+    """What a model says about a batch, one entry per flat expression.
+
+    response_maps: [E, h, w] float at the model's own resolution; higher = more likely target.
+    stage_maps: optional [E, N, h, w] per-stage maps of a multi-stage model (for figures).
+    masks: optional [E, h, w] bool for models that segment directly.
+    """
+
+    response_maps: Tensor
+    stage_maps: Tensor | None = None
+    masks: Tensor | None = None
+
+    def check(self, batch: Batch) -> None:
+        """Raise `PredictionError` unless the shapes match `batch` and every map is finite."""
+        expressions = batch.flat_expressions
+        maps = self.response_maps
+        if maps.ndim != 3 or maps.shape[0] != len(expressions):
+            raise PredictionError(
+                f"model returned response maps of shape {tuple(maps.shape)}; expected "
+                f"[{len(expressions)}, h, w], one map per expression in the batch"
+            )
+        finite = torch.isfinite(maps.detach()).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = expressions[int((~finite).nonzero()[0, 0])]
+            raise PredictionError(
+                f"response map for expression {bad.key} ({bad.text!r}) holds NaN or inf; "
+                "check the checkpoint and the model's numerics"
+            )
+        if self.stage_maps is not None and (
+            self.stage_maps.ndim != 4 or self.stage_maps.shape[0] != len(expressions)
+        ):
+            raise PredictionError(
+                f"stage maps have shape {tuple(self.stage_maps.shape)}; expected [E, N, h, w]"
+            )
+        if self.masks is not None and self.masks.shape[0] != len(expressions):
+            raise PredictionError(f"masks have shape {tuple(self.masks.shape)}; expected [E, h, w]")
+
+
+def merge_config(
+    defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None, owner: str
+) -> dict[str, Any]:
+    """`defaults` updated with `overrides`; an unknown key is a `ConfigError` with a hint."""
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in (overrides or {}).items():
+        if key not in merged:
+            close = difflib.get_close_matches(key, list(merged), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{owner} has no config key {key!r}.{hint} Valid keys: {', '.join(sorted(merged))}"
+            )
+        merged[key] = value
+    return merged
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, for provenance of checkpoints and weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RISModel(nn.Module):
+    """A referring-segmentation method as the harness sees it.
+
+    Subclasses set `name`, override `default_config` and `predict`. The config carries
+    everything evaluation needs: ``input_size``, ``mean``, ``std`` and, for models that read
+    target-related cues, ``num_cues`` (0 = no cues).
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = merge_config(self.default_config(), config, f"model {self.name!r}")
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """The config a plain `create_model(name)` uses; subclasses extend it."""
+        return {"input_size": 320, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "num_cues": 0}
+
+    # --- what the harness reads from the config -------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return int(self.config["input_size"])
+
+    @property
+    def num_cues(self) -> int:
+        return int(self.config.get("num_cues", 0))
+
+    @property
+    def weights_description(self) -> str:
+        """Which weights the model holds, said in every run (e.g. 'random init')."""
+        return str(self.config.get("weights", "random init"))
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None, **overrides: Any) -> RISModel:
+        merged = dict(config or {})
+        merged.update(overrides)
+        return cls(merged)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+    ) -> RISModel:
+        """Rebuild a model from a checkpoint written by `checkpoint_state` (or the trainer)."""
+        state = load_checkpoint_file(path, map_location)
+        if state.get("model") != cls.name:
+            raise CheckpointError(
+                f"checkpoint {path} was written by model {state.get('model')!r}, not {cls.name!r}; "
+                f"evaluate it with --model {state.get('model')}"
+            )
+        config = dict(state.get("config", {}))
+        config.update(overrides)
+        model = cls.from_config(config)
+        try:
+            model.load_state_dict(state["state_dict"])
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise CheckpointError(
+                f"checkpoint {path} does not fit model {cls.name!r} with this config ({first}); "
+                "was it trained with other config overrides?"
+            ) from None
+        return model
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """A dict that `from_checkpoint` reads back: format, model name, config, weights."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.name,
+            "config": copy.deepcopy(self.config),
+            "state_dict": self.state_dict(),
+        }
+
+    # --- inference ------------------------------------------------------------------------
+    def predict(self, batch: Batch) -> Prediction:  # pragma: no cover - abstract
+        """One response map per expression in `batch` (see `Prediction`)."""
+        raise NotImplementedError
+
+
+class TrainableModel(RISModel):
+    """A model the generic trainer can optimise: it returns named losses for a batch.
+
+    The trainer sums the losses (each already weighted by the model's config), logs each,
+    and owns the optimiser, schedule, AMP, DDP, checkpoints and resumption.
+    """
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        config = super().default_config()
+        config.update(
+            {
+                "lr": 5e-5,
+                "backbone_lr_scale": 0.1,
+                "weight_decay": 1e-2,
+                "batch_size": 36,
+                "epochs": 15,
+                "poly_power": 0.9,
+                "warmup_steps": 0,
+                "grad_clip": 1.0,
+                "num_proposals": 0,  # proposals per image the training batch must carry
+                "num_distinct": 0,  # N_d: extra expressions about other objects per image
+            }
+        )
+        return config
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Named scalar losses for one training batch."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups; the default puts parameters named ``backbone.*`` at a lower rate."""
+        lr = float(self.config["lr"])
+        backbone, rest = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (backbone if name.startswith("backbone.") else rest).append(param)
+        groups = [{"params": rest, "lr": lr, "name": "head"}]
+        if backbone:
+            scale = float(self.config["backbone_lr_scale"])
+            groups.append({"params": backbone, "lr": lr * scale, "name": "backbone"})
+        return groups
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a refbench checkpoint with ``weights_only=True``; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a user-facing error
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); is it a refbench checkpoint?"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is not a refbench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+            "write checkpoints with `refbench train` or `model.checkpoint_state()`"
+        )
+    return state
+

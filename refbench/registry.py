@@ -1,0 +1,97 @@
+"""Model discovery through the entry-point group ``refbench.models``.
+
+Listing reads package metadata only (no plugin is imported, torch is not imported), so
+`refbench list` stays fast. A plugin is imported when it is first used; one that fails to
+import is reported with its distribution and error while the others keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from refbench.errors import PluginError, UnknownNameError
+
+GROUP = "refbench.models"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its name, target, and the distribution that registered it."""
+
+    name: str
+    target: str  # "package.module:Class"
+    distribution: str
+    version: str
+    entry_point: Any = None
+
+    def load(self) -> type:
+        """Import the model class; import failures become a `PluginError` naming the plugin."""
+        try:
+            cls = self.entry_point.load()
+        except Exception as error:  # noqa: BLE001 - any import failure is reported the same way
+            raise PluginError(
+                f"model {self.name!r} from {self.distribution} {self.version} failed to import "
+                f"({type(error).__name__}: {error}); reinstall that plugin"
+            ) from error
+        return cls
+
+
+def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return "unknown", "?"
+    return dist.metadata["Name"], dist.version
+
+
+def discover() -> dict[str, ModelEntry]:
+    """Every registered model by name; two distributions claiming one name is an error."""
+    found: dict[str, ModelEntry] = {}
+    for entry_point in metadata.entry_points(group=GROUP):
+        dist, version = _distribution_of(entry_point)
+        entry = ModelEntry(entry_point.name, entry_point.value, dist, version, entry_point)
+        previous = found.get(entry.name)
+        if previous is not None:
+            if (previous.distribution, previous.target) == (dist, entry.target):
+                continue  # the same distribution seen twice on sys.path
+            raise PluginError(
+                f"model name {entry.name!r} is registered twice: by {previous.distribution} "
+                f"({previous.target}) and by {dist} ({entry.target}); uninstall one of them"
+            )
+        found[entry.name] = entry
+    return dict(sorted(found.items()))
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The entry for `name`, or an `UnknownNameError` with close names."""
+    entries = discover()
+    if name not in entries:
+        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(entries) or "none (is a plugin installed?)"
+        raise UnknownNameError(f"unknown model {name!r}.{hint} Registered models: {known}")
+    return entries[name]
+
+
+def get_model_class(name: str) -> type:
+    """Import and return the class registered as `name`."""
+    from refbench.api import RISModel
+
+    entry = get_entry(name)
+    cls = entry.load()
+    if not (isinstance(cls, type) and issubclass(cls, RISModel)):
+        raise PluginError(
+            f"entry point {name!r} of {entry.distribution} points to {entry.target}, "
+            "which is not a refbench.api.RISModel subclass"
+        )
+    return cls
+
+
+def load_model(name: str, checkpoint: str | None = None, **overrides: Any):
+    """Build model `name`, from `checkpoint` when given, with config `overrides` applied."""
+    cls = get_model_class(name)
+    if checkpoint is not None:
+        return cls.from_checkpoint(checkpoint, **overrides)
+    return cls.from_config(overrides)
