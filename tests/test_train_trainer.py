@@ -203,6 +203,19 @@ def test_log_schedule_and_best_checkpoint(tmp_path: Path) -> None:
         "metrics"]["PointM"]
 
 
+def test_validation_that_reseeds_rngs_does_not_change_training(tmp_path: Path) -> None:
+    def reseeding_evaluate(model, dataset, out_dir, **kwargs):
+        torch.manual_seed(0)  # as the eval runner does
+        return fake_evaluate(model, dataset, out_dir)
+
+    with_val = make_trainer(tmp_path / "a", evaluate_fn=reseeding_evaluate)
+    with_val.fit()
+    without = make_trainer(tmp_path / "b", val_dataset=None)
+    without.fit()
+    for name, value in params(with_val).items():
+        assert torch.equal(value, params(without)[name]), name
+
+
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, overrides={"dropout": 0.0, "epochs": 15}, val_dataset=None)
     batch = trainer.data.collate([trainer.data[i] for i in trainer.sampler.global_batches(0)[0]])

@@ -348,17 +348,22 @@ class Trainer:
 
     # --- validation -----------------------------------------------------------------------
     def _validate(self, log_handle: Any) -> float | None:
+        """Score the val split through `evaluate_fn` on every rank (the runner shards it).
+
+        The runner seeds the RNGs itself, so they are saved before and restored after: training
+        draws the same random numbers whether or not a validation ran in between.
+        """
         if self.val_dataset is None:
             return None
+        rng = capture_rng()
+        self.model.eval()
+        out = self.out_dir / "val" / f"epoch_{self.epoch:03d}"
+        with torch.no_grad():
+            result = self.evaluate_fn(self.model, self.val_dataset, out_dir=out, **self.eval_kwargs)
+        self.model.train()
+        restore_rng(rng)
         value = None
         if self.is_main:
-            self.model.eval()
-            out = self.out_dir / "val" / f"epoch_{self.epoch:03d}"
-            with torch.no_grad():
-                result = self.evaluate_fn(
-                    self.model, self.val_dataset, out_dir=out, **self.eval_kwargs
-                )
-            self.model.train()
             metrics = result.get("metrics", result)
             if self.selection_metric not in metrics:
                 raise ConfigError(
@@ -370,7 +375,9 @@ class Trainer:
                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)}}
             append_jsonl(log_handle, [record])
         if self.world_size > 1:
-            dist.barrier()
+            holder = [value]
+            dist.broadcast_object_list(holder, src=0)
+            value = holder[0]
         return value
 
     # --- the loop -------------------------------------------------------------------------
