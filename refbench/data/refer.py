@@ -320,17 +320,15 @@ class ReferDataset:
         sentences="first" keeps only each ref's first sentence, as PCNet's released evaluation
         does (one sentence per object).
         """
+        _check_sentence_mode(sentences)
         return [e for image_id in self.image_ids for e in self._image_expressions(image_id, sentences)]
 
     def expressions_by_image(self, sentences: str = "all") -> dict[int, list[Expression]]:
         """The expressions grouped by image, images in ascending id order."""
+        _check_sentence_mode(sentences)
         return {i: self._image_expressions(i, sentences) for i in self.image_ids}
 
     def _image_expressions(self, image_id: int, sentences: str) -> list[Expression]:
-        if sentences not in SENTENCE_MODES:
-            raise ConfigError(
-                f"unknown sentence mode {sentences!r}; use one of {', '.join(SENTENCE_MODES)}"
-            )
         out: list[Expression] = []
         for ref in self._refs_by_image.get(image_id, []):
             chosen = ref.sentences[:1] if sentences == "first" else ref.sentences
@@ -516,6 +514,13 @@ class ReferDataset:
         if self._instances.info is not None:
             meta["instances_info"] = self._instances.info
         return meta
+
+
+def _check_sentence_mode(sentences: str) -> None:
+    if sentences not in SENTENCE_MODES:
+        raise ConfigError(
+            f"unknown sentence mode {sentences!r}; use one of {', '.join(SENTENCE_MODES)}"
+        )
 
 
 def _stored_cues(sentence: Sentence) -> tuple[str, ...]:
