@@ -139,3 +139,23 @@ def test_batch_larger_than_images_is_a_clear_error() -> None:
         TrainingSampler(dataset, batch_size=7)
     with pytest.raises(ConfigError, match="multiple of the 4 processes"):
         TrainingSampler(dataset, batch_size=6, world_size=4)
+
+
+def test_on_the_real_refer_reader(tmp_path) -> None:
+    from refbench.data import refer
+    from tests.refer_fixture import make_tiny_refer
+
+    refer.clear_cache()
+    make_tiny_refer(tmp_path)
+    dataset = refer.ReferDataset(tmp_path, "refcoco-train")
+    sampler = TrainingSampler(dataset, batch_size=len(dataset.image_ids), num_distinct=1, seed=0)
+    sampler.set_epoch(0)
+    (batch,) = list(sampler)
+    assert sorted(i.image_id for i in batch) == sorted(dataset.image_ids)
+    known = {e.key: e for e in dataset.expressions("all")}
+    for item in batch:
+        for expression in item.expressions:
+            assert known[expression.key] == expression  # same ids and text as the reader's
+        assert all(e.ann_id != item.positive.ann_id for e in item.extras)
+    with pytest.raises(ConfigError, match="--batch-size"):
+        TrainingSampler(dataset, batch_size=len(dataset.image_ids) + 1)

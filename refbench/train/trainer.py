@@ -239,6 +239,9 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best: dict[str, Any] = {"metric": selection_metric, "value": None, "epoch": None}
         self._rng_to_restore: dict[str, Any] | None = None
+        self._log_handle: Any = None
+        self._pending_log: list[dict[str, Any]] = []
+        self._last_log_write = 0.0
         if resume:
             path = self.out_dir / "last.pt" if resume is True else Path(resume)
             if not path.is_file():
@@ -297,8 +300,22 @@ class Trainer:
         }
         return state
 
+    def _log(self, record: dict[str, Any] | None = None, flush: bool = False) -> None:
+        """Buffer a log line; write (fsync) every 5 s, and always before a checkpoint."""
+        if not self.is_main:
+            return
+        if record is not None:
+            self._pending_log.append(record)
+        if self._log_handle is None or not self._pending_log:
+            return
+        if flush or time.monotonic() - self._last_log_write > 5.0:
+            append_jsonl(self._log_handle, self._pending_log)
+            self._pending_log = []
+            self._last_log_write = time.monotonic()
+
     def _save(self, name: str) -> Path:
         path = self.out_dir / name
+        self._log(flush=True)  # the log never lags behind a checkpoint
         if self.is_main:
             save_checkpoint(path, self.checkpoint_state())
         return path
@@ -347,7 +364,7 @@ class Trainer:
         return {n: float(v) for n, v in zip(names, values.cpu().tolist())}
 
     # --- validation -----------------------------------------------------------------------
-    def _validate(self, log_handle: Any) -> float | None:
+    def _validate(self) -> float | None:
         """Score the val split through `evaluate_fn` on every rank (the runner shards it).
 
         The runner seeds the RNGs itself, so they are saved before and restored after: training
@@ -373,7 +390,7 @@ class Trainer:
             value = float(metrics[self.selection_metric])
             record = {"kind": "val", "step": self.step, "epoch": self.epoch,
                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)}}
-            append_jsonl(log_handle, [record])
+            self._log(record, flush=True)
         if self.world_size > 1:
             holder = [value]
             dist.broadcast_object_list(holder, src=0)
@@ -423,7 +440,9 @@ class Trainer:
             TimeRemainingColumn(),
             disable=not (self.progress and self.is_main),
         )
-        log_handle = open(log_path, "a", encoding="utf-8") if self.is_main else None
+        self._log_handle = open(log_path, "a", encoding="utf-8") if self.is_main else None
+        self._pending_log = []
+        self._last_log_write = time.monotonic()
         try:
             with progress:
                 task = progress.add_task(
@@ -460,7 +479,7 @@ class Trainer:
                                     "lrs": lrs,
                                     "samples_per_s": rate,
                                 }
-                                append_jsonl(log_handle, [record])
+                                self._log(record)
                                 progress.update(task, loss=f"{record['loss']:.4f}")
                         progress.update(task, completed=self.step, epoch=self.epoch)
                         if self.checkpoint_every and self.step % self.checkpoint_every == 0:
@@ -472,7 +491,7 @@ class Trainer:
                         break
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    value = self._validate(log_handle)
+                    value = self._validate()
                     improved = value is not None and (
                         self.best["value"] is None or value > self.best["value"]
                     )
@@ -485,8 +504,10 @@ class Trainer:
                 if stopped:
                     self._save("last.pt")
         finally:
-            if log_handle is not None:
-                log_handle.close()
+            if self._log_handle is not None:
+                self._log(flush=True)
+                self._log_handle.close()
+                self._log_handle = None
         best = self.out_dir / "best.pt"
         return {
             "step": self.step,
