@@ -15,6 +15,7 @@ from refbench.errors import RefbenchError
 
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
+    "cues": "cues:cues_group",
     "list": "listing:list_command",
 }
 

@@ -54,7 +54,10 @@ RELATIVES = frozenset({"that", "which", "who", "whose", "whom", "where"})
 AUXILIARIES = frozenset({"is", "are", "was", "were", "has", "have", "being", "can"})
 CONJUNCTIONS = frozenset({"and", "but", "or"})
 PARTICLES = frozenset({"down", "up", "out", "away", "back", "over", "off", "forward", "around"})
-IRREGULAR_PARTICIPLES = frozenset({"made", "worn", "held", "hung", "laid", "built", "sat", "lit"})
+IRREGULAR_PARTICIPLES = frozenset(
+    """made worn held hung laid built sat lit ridden taken eaten seen driven shown written broken
+    fallen""".split()
+)
 ING_NOUNS = frozenset(
     """building buildings ceiling clothing railing railings thing things ring rings king wing
     wings string strings icing frosting topping toppings filling stuffing bedding siding pudding
@@ -101,6 +104,8 @@ def _starts_modifier(words: list[str], i: int) -> bool:
     nxt = words[i + 1] if i + 1 < len(words) else ""
     if i == 0:
         return word in PREPOSITIONS
+    if prev in CONJUNCTIONS or prev in {"not", "while"}:
+        return False  # "and holding ...": the conjunction already opened this modifier
     after_verb = _is_verbish(prev) or (prev in PARTICLES and _is_verbish(prev2))
     if word == "of":
         return False  # "the back of the chair", "a slice of pizza": binds to the noun before it
@@ -112,8 +117,8 @@ def _starts_modifier(words: list[str], i: int) -> bool:
         return not after_verb and prev not in RELATIVES
     if word in RELATIVES:
         return True
-    if word in AUXILIARIES:
-        return prev not in RELATIVES and prev not in AUXILIARIES
+    if word in AUXILIARIES:  # "who is", "whose head is": the verb of a relative clause
+        return not any(w in RELATIVES | AUXILIARIES for w in words[max(0, i - 3) : i])
     if word == "while":
         return True
     if word == "not":
@@ -125,7 +130,7 @@ def _starts_modifier(words: list[str], i: int) -> bool:
     blockers = DETERMINERS | MODIFIERS | PREPOSITIONS | AUXILIARIES | RELATIVES | {"not"}
     if _is_ing_verb(word):
         return prev not in blockers
-    if _is_participle(word) and nxt in PREPOSITIONS:
+    if _is_participle(word) and (nxt in PREPOSITIONS or nxt in NEEDS_TO):
         return prev not in blockers
     return False
 
@@ -164,7 +169,9 @@ def chunk(text: str, max_phrases: int = 5) -> list[str]:
         head_end -= trailing
         boundaries = [head_end, *boundaries]
     head = body[-1] if body else ""
-    if not head or head in WEAK_HEADS or head in DETERMINERS:
+    # A colour followed by modifiers is a noun ("orange closest to the banana").
+    weak = head in WEAK_HEADS and not (head in COLORS and head_end < len(words))
+    if not head or head in DETERMINERS or (weak and not of_tail):
         return [full]
     head_words = body[-2:] if len(body) > 1 and body[-2] in COMPOUND_FIRST else body[-1:]
     premodifiers = body[: len(body) - len(head_words)]
