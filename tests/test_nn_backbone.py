@@ -176,3 +176,18 @@ def test_unknown_tag_or_architecture_is_a_checkpoint_error() -> None:
         ClipBackbone("RN50", weights="not-a-tag")
     with pytest.raises(CheckpointError, match="ViT-B-32.*ResNet"):
         ClipBackbone("ViT-B-32")
+
+
+@pytest.mark.slow
+def test_rn50_shapes_match_the_paper() -> None:
+    # PCNet App. A.4: stride 32, C_v = 2048, C_l = 1024 at 320x320 input
+    model = ClipBackbone("RN50").eval()
+    with torch.no_grad():
+        c5 = model.encode_image_dense(torch.randn(1, 3, 320, 320))
+        text = model.encode_text(["the catcher in blue and gray"])
+        pooled = model.attention_pool(c5)
+    assert (model.feature_dim, model.embed_dim) == (2048, 1024)
+    assert c5.shape == (1, 2048, 10, 10)
+    assert model.dense_embeddings(c5).shape == (1, 1024, 10, 10)
+    assert text.shape == pooled.shape == (1, 1024)
+    assert model.weights_description == "random init (open_clip RN50)"
