@@ -17,6 +17,7 @@ from refbench.errors import RefbenchError
 
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
+    "cues": "cues:cues_group",
     "list": "listing:list_command",
     "data": "data:data_group",
     "train": "train:train_command",
