@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from refbench.api import TrainableModel
 from refbench.errors import CheckpointError, ConfigError, DataError
 from refbench.io import append_jsonl, atomic_write_text, ensure_dir, exclusive_lock, read_jsonl
+from refbench.nn.schedule import poly_lr_lambda
 from refbench.train.checkpoint import (
     capture_rng,
     load_training_checkpoint,
@@ -37,29 +38,6 @@ from refbench.train.checkpoint import (
 )
 from refbench.train.data import FalseNegativeFn, TrainingData, check_cues
 from refbench.train.sampler import TrainingSampler
-
-try:  # the shared schedule lives in refbench.nn (written by the nn work)
-    from refbench.nn.schedule import poly_lr_lambda
-except ImportError:  # pragma: no cover - TODO(trainer): remove once refbench.nn.schedule lands
-
-    class _PolyLambda:
-        """LR factor: linear warm-up to 1, then (1 - t / T)^power down to 0."""
-
-        def __init__(self, total_steps: int, power: float, warmup_steps: int = 0) -> None:
-            self.total_steps = int(total_steps)
-            self.power = float(power)
-            self.warmup_steps = int(warmup_steps)
-
-        def __call__(self, step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            span = max(1, self.total_steps - self.warmup_steps)
-            return max(0.0, 1.0 - (step - self.warmup_steps) / span) ** self.power
-
-    def poly_lr_lambda(total_steps: int, power: float, warmup_steps: int = 0) -> _PolyLambda:
-        """Poly decay factor with linear warm-up, for `torch.optim.lr_scheduler.LambdaLR`."""
-        return _PolyLambda(total_steps, power, warmup_steps)
-
 
 EvaluateFn = Callable[..., Mapping[str, Any]]
 
