@@ -16,6 +16,7 @@ from refbench.errors import RefbenchError
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
     "list": "listing:list_command",
+    "proposals": "proposals:proposals_group",
 }
 
 
