@@ -66,18 +66,21 @@ class FelzenszwalbBackend:
             raise ConfigError(f"felzenszwalb expects an RGB image [H, W, 3], got {image.shape}")
         height, width = image.shape[:2]
         work = image
-        factor = 1.0
         if self.max_side is not None and max(height, width) > self.max_side:
             factor = self.max_side / max(height, width)
             size = (max(1, round(height * factor)), max(1, round(width * factor)))
             work = resize(image, size, order=1, anti_aliasing=True, preserve_range=True)
             work = np.clip(np.rint(work), 0, 255).astype(np.uint8)
-        min_size = max(1, int(round(self.min_size * factor * factor))) if factor < 1 else self.min_size
+        # sigma and min_size are meant at the `max_side` working resolution; a smaller image
+        # (SynthRef is 96x96) gets them scaled down, or the blur alone splits off shape outlines
+        relative = max(work.shape[:2]) / self.max_side if self.max_side else 1.0
+        sigma = self.sigma * min(1.0, relative)
+        min_size = max(1, int(round(self.min_size * min(1.0, relative) ** 2)))
         rows = nearest_indices(work.shape[0], height)
         cols = nearest_indices(work.shape[1], width)
         masks: list[np.ndarray] = []
         for scale in self.scales:
-            labels = felzenszwalb(work, scale=scale, sigma=self.sigma, min_size=min_size)
+            labels = felzenszwalb(work, scale=scale, sigma=sigma, min_size=min_size)
             labels = labels[rows][:, cols]  # back to the original size
             areas = np.bincount(labels.ravel())
             for label in np.flatnonzero(areas >= max(1, min_pixels)):
