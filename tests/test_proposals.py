@@ -216,7 +216,7 @@ def test_store_round_trip_at_original_and_requested_size():
         full = store.load(image_id)
         assert full.dtype == torch.bool and full.shape == (6, 30, 40)
         assert np.array_equal(full[:3].numpy(), expected) and not full[3:].any()
-        for size in ((320, 320), (17, 23), (30, 40)):
+        for size in ((320, 320), (17, 23), (30, 40), (61, 97), (1, 1)):
             got = store.load(image_id, size=size)
             ref = torch.nn.functional.interpolate(
                 torch.from_numpy(expected)[None].float(), size=size, mode="nearest")[0] > 0.5
@@ -406,3 +406,20 @@ def test_cli_build_then_oracle(monkeypatch, capsys):
     assert main(["proposals", "build", "--split", "synth-val", "--backend", "sam",
                  "--checkpoint", "/nonexistent/sam.pth"]) == 2
     assert "sam.pth does not exist" in capsys.readouterr().err
+
+
+def test_fast_rle_decoder_matches_pycocotools_and_torch_nearest():
+    from refbench.proposals.rle import decode_resized
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 37, 53)) < 0.4
+    masks[0] = True
+    masks[1] = False
+    masks[2, 0, 0] = True
+    masks[3, -1, -1] = True
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    strings = [r["counts"].decode() for r in rles]
+    for size in ((37, 53), (20, 20), (80, 11), (100, 160)):
+        ref = torch.nn.functional.interpolate(torch.from_numpy(masks)[None].float(), size=size,
+                                              mode="nearest")[0] > 0.5
+        assert np.array_equal(decode_resized(strings, 37, 53, *size), ref.numpy()), size

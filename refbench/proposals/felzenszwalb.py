@@ -19,7 +19,7 @@ from refbench.proposals.postprocess import (
     postprocess_rles,
     resolve_min_area,
 )
-from refbench.proposals.store import nearest_indices
+from refbench.proposals.rle import nearest_indices
 
 
 class FelzenszwalbBackend:

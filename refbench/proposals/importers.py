@@ -24,7 +24,8 @@ import numpy as np
 from refbench.errors import ConfigError, DataError
 from refbench.io import exclusive_lock
 from refbench.proposals.postprocess import PAPER_MIN_AREA, encode_masks, postprocess_rles
-from refbench.proposals.store import ProposalStore, nearest_indices
+from refbench.proposals.rle import nearest_indices
+from refbench.proposals.store import ProposalStore
 
 PCNET_SUBFOLDERS = {
     "sam": ("SAM_Mask/SAM_out", "SAM_out"),

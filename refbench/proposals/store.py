@@ -30,6 +30,7 @@ from refbench.io import (
     read_json,
 )
 from refbench.proposals.postprocess import decode_masks
+from refbench.proposals.rle import decode_resized_columns
 
 RECORDS_FILE = "proposals.jsonl"
 CONFIG_FILE = "config.json"
@@ -61,12 +62,6 @@ def build_command(dataset: Any, backend_name: str) -> str:
     """The command that builds a dataset's proposals, for error messages."""
     split_id = getattr(dataset.info, "id", None) or f"<{dataset_key(dataset)} split>"
     return f"refbench proposals build --split {split_id} --backend {backend_name}"
-
-
-def nearest_indices(source: int, target: int) -> np.ndarray:
-    """Source indices of nearest resizing `source` -> `target` (PyTorch's ``nearest`` rule)."""
-    scale = source / target
-    return np.minimum(np.floor(np.arange(target) * scale).astype(np.int64), source - 1)
 
 
 class ProposalStore:
@@ -177,25 +172,29 @@ class ProposalStore:
     def load(self, image_id: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Proposals of one image as a bool tensor [P, H, W] (original size, or `size` by nearest).
 
-        P is the config's `max_proposals`; missing proposals are empty masks at the end.
+        P is the config's `max_proposals`; missing proposals are empty masks at the end. Nearest
+        resizing follows PyTorch's rule. The tensor is a transposed view of column-major
+        storage (call ``.contiguous()`` if a kernel needs row-major memory).
         """
         record = self.record(image_id)
         height, width = record["height"], record["width"]
+        out_h, out_w = (height, width) if size is None else (int(size[0]), int(size[1]))
+        strings = record["rles"][: self.max_proposals]
         try:
-            rles = [{"size": [height, width], "counts": c} for c in record["rles"]]
-            masks = decode_masks(rles, height, width)  # [N, H, W]
-        except Exception as error:  # noqa: BLE001 - pycocotools raises bare errors on bad RLE
+            if (out_h, out_w) == (height, width):
+                rles = [{"size": [height, width], "counts": c} for c in strings]
+                masks = decode_masks(rles, height, width).transpose(0, 2, 1)  # [N, W, H]
+            else:
+                masks = decode_resized_columns(strings, height, width, out_h, out_w)
+        except Exception as error:  # noqa: BLE001 - a damaged RLE string fails in many ways
             raise DataError(
                 f"{self.records_path}: the masks of image {image_id!r} cannot be decoded "
-                f"({error}); delete that file and rerun `{self._build_hint}`"
+                f"({type(error).__name__}); delete that file and rerun `{self._build_hint}`"
             ) from None
-        out_h, out_w = (height, width) if size is None else (int(size[0]), int(size[1]))
-        if (out_h, out_w) != (height, width):
-            masks = masks[:, nearest_indices(height, out_h)][:, :, nearest_indices(width, out_w)]
-        out = np.zeros((self.max_proposals, out_h, out_w), dtype=bool)
-        count = min(len(masks), self.max_proposals)
-        out[:count] = masks[:count]
-        return torch.from_numpy(out)
+        # filled column-major (how RLE runs), returned as a transposed view: no extra copy
+        out = np.zeros((self.max_proposals, out_w, out_h), dtype=bool)
+        out[: len(masks)] = masks
+        return torch.from_numpy(out).transpose(1, 2)
 
     # ----------------------------------------------------------------- write
     def _prepare(self) -> None:
