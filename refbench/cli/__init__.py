@@ -18,8 +18,9 @@ from refbench.errors import RefbenchError
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
     "cues": "cues:cues_group",
-    "list": "listing:list_command",
     "data": "data:data_group",
+    "list": "listing:list_command",
+    "proposals": "proposals:proposals_group",
     "train": "train:train_command",
 }
 
