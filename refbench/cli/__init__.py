@@ -19,6 +19,10 @@ from refbench.errors import RefbenchError
 COMMANDS: dict[str, str] = {
     "list": "listing:list_command",
     "data": "data:data_group",
+    "leaderboard": "report:leaderboard_command",
+    "compare": "report:compare_command",
+    "show": "report:show_command",
+    "curves": "report:curves_command",
 }
 
 
