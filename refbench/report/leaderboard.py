@@ -227,12 +227,14 @@ def build_leaderboard(
     notes.extend(selection_notes)
     intervals: dict[str, dict[str, Any]] = {}
     if ci:
-        from refbench.report.bootstrap import METRIC_FIELDS, bootstrap_ci
+        from refbench.report.bootstrap import available_metrics, bootstrap_ci
 
         for group_runs in chosen.values():
             for run in group_runs.values():
                 wanted = [k for b in blocks for k, _, _ in MEASURED_SOURCES.get(b, [])]
-                wanted = [k for k in dict.fromkeys(wanted) if k in run.metrics["metrics"] and k in METRIC_FIELDS]
+                # a metric whose per-record fields are absent keeps its value, without interval
+                present = available_metrics(run.records())
+                wanted = [k for k in dict.fromkeys(wanted) if k in run.metrics["metrics"] and k in present]
                 intervals[str(run.path)] = bootstrap_ci(
                     run.records(), wanted, n_resamples=n_resamples, level=level, seed=seed
                 )
@@ -311,9 +313,12 @@ def _assemble(
     long["block_order"] = long["block"].map({b: i for i, b in enumerate(blocks)})
     long["source_order"] = long["source"].map(source_order)
     long["first_seen"] = range(len(long))
+    # as the paper: full supervision first, then rows without and with a segmentor, oracles last
+    long["segmentor_order"] = long["segmentor"].map({"n/a": 0, "no": 1, "yes": 2})
+    long["oracle_last"] = (long["supervision"] == "oracle").astype(int)
     keys = ROW_FIELDS + ["note"]
-    order = long.groupby(keys, sort=False)[["block_order", "source_order", "first_seen"]].min()
-    order = order.sort_values(["block_order", "source_order", "first_seen"])
+    sort = ["block_order", "segmentor_order", "oracle_last", "source_order", "first_seen"]
+    order = long.groupby(keys, sort=False)[sort].min().sort_values(sort)
     # the first value of a cell wins (a chance level seen in two runs of one split is one level)
     firsts = long.drop_duplicates(keys + ["split"])
     wide = firsts.pivot(index=keys, columns="split", values="value")
