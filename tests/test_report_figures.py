@@ -127,6 +127,12 @@ def test_curves(tmp_path) -> None:
     _png_size(out)
     result = CliRunner().invoke(cli, ["curves", str(log), "--out", str(tmp_path / "c2.png")])
     assert result.exit_code == 0 and "(4 panels)" in result.output
+    # the trainer's own layout: named losses nested under "losses", validation lines skipped
+    trainer_lines = [{"kind": "train", "step": s, "loss": 2.0 - s / 10, "losses": {"cls": 1.0, "ras": 0.2},
+                      "lr": 1e-4, "lrs": [1e-4, 1e-5]} for s in range(5)]
+    trainer_lines.append({"kind": "val", "epoch": 0, "value": 0.4, "metrics": {"PointM": 0.4}})
+    log.write_text("".join(json.dumps(line) + "\n" for line in trainer_lines))
+    assert plot_curves(log, out) == 4  # loss, loss/cls, loss/ras, lr
     log.write_text(json.dumps({"step": 1, "lr": 0.1}) + "\n")
     with pytest.raises(DataError, match="no 'loss"):
         plot_curves(log, out)

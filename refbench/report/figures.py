@@ -266,8 +266,18 @@ def plot_curves(log_path: str | Path, out: str | Path) -> int:
         path = path / "train_log.jsonl"
     if not path.is_file():
         raise DataError(f"training log {path} does not exist; pass a train_log.jsonl or its folder")
-    records, _ = read_jsonl(path)
-    names = sorted({k for r in records for k in r if k.startswith("loss")})
+    raw, _ = read_jsonl(path)
+    records = []
+    for line in raw:
+        if line.get("kind", "train") != "train":
+            continue  # validation lines carry metrics, not losses
+        flat = {k: v for k, v in line.items() if not isinstance(v, dict)}
+        # the trainer nests the named losses: {"loss": total, "losses": {"cls": ...}}
+        for name, value in (line.get("losses") or {}).items():
+            flat[f"loss/{name}"] = value
+        records.append(flat)
+    names = sorted({k for r in records for k, v in r.items()
+                    if k.startswith("loss") and isinstance(v, (int, float))})
     if not names:
         raise DataError(f"{path} has no 'loss*' entries to plot")
     panels = names + (["lr"] if any("lr" in r for r in records) else [])
