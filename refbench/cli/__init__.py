@@ -22,6 +22,10 @@ COMMANDS: dict[str, str] = {
     "list": "listing:list_command",
     "proposals": "proposals:proposals_group",
     "train": "train:train_command",
+    "leaderboard": "report:leaderboard_command",
+    "compare": "report:compare_command",
+    "show": "report:show_command",
+    "curves": "report:curves_command",
 }
 
 
