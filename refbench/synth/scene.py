@@ -60,7 +60,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     fy, fx = f[:, None, None], f[None, :, None]
     rows = grid[i0] * (1.0 - fy) + grid[i0 + 1] * fy  # [S, 7, 3]
     smooth = rows[:, i0] * (1.0 - fx) + rows[:, i0 + 1] * fx  # [S, S, 3]
-    pixel = rng.integers(-4, 5, size=(size, size, 3))
+    pixel = rng.integers(-1, 2, size=(size, size, 3))  # a faint grain
     image = smooth + pixel + base
     return np.clip(np.rint(image), 70, 200).astype(np.uint8)
 
