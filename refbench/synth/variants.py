@@ -76,7 +76,7 @@ VARIANTS: dict[str, SynthParams] = {
         radius={"small": 0.075, "large": 0.125},
         occlusion=True,
         relations=DIRECTIONAL_RELATIONS + ("closest to",),
-        default_images={"train": 10000, "val": 70, "test": 140},
+        default_images={"train": 10000, "val": 100, "test": 200},
     ),
 }
 
