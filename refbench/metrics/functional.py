@@ -44,6 +44,12 @@ def protocol_maps(maps: Tensor, size: tuple[int, int], protocol: Protocol | str)
         maps = maps.clamp(min=0.0)
     resized = resize_to(maps, size, align_corners=protocol.align_corners)
     flat = resized.flatten(1)  # resized is a fresh tensor: normalise in place
+    # Bilinear resizing of a constant map is that constant; float32 rounding of the weights
+    # must not invent a peak or (after min-max) a mask, so constant maps stay exactly constant.
+    low, top = maps.flatten(1).aminmax(dim=1)
+    constant = low == top
+    if bool(constant.any()):
+        flat[constant] = low[constant, None]
     if protocol.normalisation == "max":
         top = flat.amax(dim=1, keepdim=True)
         flat.div_(top + protocol.epsilon)
