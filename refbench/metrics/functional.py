@@ -46,7 +46,8 @@ def protocol_maps(maps: Tensor, size: tuple[int, int], protocol: Protocol | str)
     flat = resized.flatten(1)  # resized is a fresh tensor: normalise in place
     # Bilinear resizing of a constant map is that constant; float32 rounding of the weights
     # must not invent a peak or (after min-max) a mask, so constant maps stay exactly constant.
-    low, top = maps.flatten(1).aminmax(dim=1)
+    small = maps.flatten(1)
+    low, top = small.amin(dim=1), small.amax(dim=1)
     constant = low == top
     if bool(constant.any()):
         flat[constant] = low[constant, None]
@@ -54,7 +55,8 @@ def protocol_maps(maps: Tensor, size: tuple[int, int], protocol: Protocol | str)
         top = flat.amax(dim=1, keepdim=True)
         flat.div_(top + protocol.epsilon)
     elif protocol.normalisation == "minmax":
-        low, top = flat.aminmax(dim=1, keepdim=True)
+        # amin and amax separately: aminmax is several times slower on CPU
+        low, top = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
         flat.sub_(low).div_(top - low + protocol.epsilon)
     else:
         raise ValueError(f"protocol {protocol.name!r} has unknown normalisation")
@@ -76,10 +78,14 @@ def peak_yx(maps: Tensor) -> Tensor:
     flattened index, so a constant map peaks at (0, 0).
     """
     assert maps.dim() == 3, f"maps must be [E, H, W], got {tuple(maps.shape)}"
-    width = maps.shape[-1]
-    # torch.argmax returns the first maximal index (documented), like numpy.argmax.
-    flat_index = maps.flatten(1).argmax(dim=1)
-    return torch.stack([flat_index // width, flat_index % width], dim=1)
+    # Two levels, because a full argmax is not vectorised on CPU while amax is: the first
+    # row holding the global maximum, then the first maximum within that row. torch.argmax
+    # returns the first maximal index (documented), like numpy.argmax. Maps hold no NaN.
+    row_max = maps.amax(dim=2)  # [E, H]
+    is_top_row = row_max == row_max.amax(dim=1, keepdim=True)
+    row = is_top_row.to(torch.uint8).argmax(dim=1)
+    column = maps[torch.arange(maps.shape[0], device=maps.device), row].argmax(dim=1)
+    return torch.stack([row, column], dim=1)
 
 
 def point_hit(peaks: Tensor, gt_masks: Tensor) -> Tensor:
@@ -106,9 +112,10 @@ def intersection_union(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
     assert pred.shape == gt.shape, f"pred {tuple(pred.shape)} vs gt {tuple(gt.shape)}"
     pred = pred.bool().flatten(1)
     gt = gt.bool().flatten(1)
-    inter = (pred & gt).sum(dim=1, dtype=torch.int64)
-    union = (pred | gt).sum(dim=1, dtype=torch.int64)
-    return inter, union
+    # summing uint8 views is ~2x faster than summing bools; int32 holds any image's count
+    inter = (pred & gt).view(torch.uint8).sum(dim=1, dtype=torch.int32)
+    union = (pred | gt).view(torch.uint8).sum(dim=1, dtype=torch.int32)
+    return inter.long(), union.long()
 
 
 def select_proposal(maps: Tensor, proposals: Tensor) -> Tensor:
