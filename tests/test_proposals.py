@@ -367,11 +367,9 @@ def test_import_pcnet_npy_files_keeps_order_and_resizes(tmp_path):
 
 def test_store_with_the_real_reader_on_synthref(tmp_path):
     refer = pytest.importorskip("refbench.data.refer")
-    synth = pytest.importorskip("refbench.synth")
-    generate = getattr(synth, "generate", None) or getattr(synth, "ensure_synthref", None)
-    if generate is None:
-        pytest.skip("refbench.synth exposes no generate()/ensure_synthref()")
-    root = generate(tmp_path / "data")
+    from refbench.synth import generate
+
+    root = generate(tmp_path / "data", images={"train": 2, "val": 3, "test": 2})
     dataset = refer.ReferDataset(root, "synth-val")
     store = ProposalStore(dataset, "felzenszwalb", {"max_proposals": 40})
     ids = dataset.image_ids[:3]
