@@ -249,3 +249,14 @@ def test_one_bf16_training_step_on_cuda() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         prediction = model.predict(batch)
     prediction.check(batch)
+
+
+@pytest.mark.slow
+def test_paper_configuration_gives_10x10_maps_at_320_px() -> None:
+    torch.manual_seed(0)
+    model = PCNet({"backbone_weights": None}).eval()  # RN50, C = 1024, random init offline
+    assert model.visual_projection.proj.out_channels == 1024
+    assert model.backbone.stage_channels(4) == 2048 and model.backbone.embed_dim == 1024
+    batch = _batch(size=1, input_size=320)
+    prediction = model.predict(batch)
+    assert prediction.stage_maps.shape == (2, 3, 10, 10)  # App. A.4: s = 32
