@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from refbench_pcnet.config import ALIGNMENTS
+from refbench_pcnet.config import ALIGNMENTS, IAD_FORMS
 
 
 def proposals_to_map(proposals: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -99,18 +99,44 @@ def iad_loss(
     proposals: Tensor,
     valid: Tensor,
     mode: str = "max",
+    form: str = "paper",
+    temperature: float = 0.1,
 ) -> Tensor:
     """Eq. 9, mean over d of 1 - ||y_a - y_d||^2, at every stage, averaged over stages.
+
+    form "paper" is Eq. 8-9. Its gradient is 2 (y_a - y_d), whose forward value is
+    one-hot(a) - one-hot(d): exactly zero when both texts pick the same proposal, the case
+    the loss is meant to fix. form "exclusive" is the probability that both texts pick the
+    same proposal under softmax(S / temperature) over the valid proposals,
+    sum_p P_a(p) P_d(p), in [0, 1]; it has a gradient when they coincide.
 
     target_maps: [B, N, hw] (R_a); distinct_maps: [B, D, N, hw] (R_d for texts about other
     objects of the same image); distinct_valid: [B, D] (image b has a d-th such text);
     proposals: [B, P, hw]; valid: [B, P]. Pairs whose image has no proposal are left out;
     with no pair left the loss is 0.
     """
+    if form not in IAD_FORMS:
+        raise ValueError(f"iad form {form!r} is not one of {IAD_FORMS}")
     keep = distinct_valid & valid.any(dim=1, keepdim=True)  # [B, D]
     if not bool(keep.any()):
         return target_maps.sum() * 0.0 + distinct_maps.sum() * 0.0
     props = proposals[:, None]  # [B, 1, P, hw] broadcasts over stages
+    if form == "exclusive":
+        mask = ~valid[:, None]  # [B, 1, P]
+        p_target = (
+            (alignment_scores(target_maps, props, mode) / temperature)
+            .masked_fill(mask, float("-inf"))
+            .softmax(-1)
+            .nan_to_num(0.0)
+        )  # [B, N, P]
+        p_distinct = (
+            (alignment_scores(distinct_maps, props[:, None], mode) / temperature)
+            .masked_fill(mask[:, None], float("-inf"))
+            .softmax(-1)
+            .nan_to_num(0.0)
+        )  # [B, D, N, P]
+        overlap = (p_target[:, None] * p_distinct).sum(-1).mean(dim=-1)  # [B, D]
+        return overlap[keep].mean()
     y_target = straight_through_index(
         alignment_scores(target_maps, props, mode), valid[:, None]
     )  # [B, N, P]
@@ -120,3 +146,18 @@ def iad_loss(
     distance = (y_target[:, None] - y_distinct).pow(2).sum(-1)  # [B, D, N]
     per_pair = (1 - distance).mean(dim=-1)  # averaged over stages
     return per_pair[keep].mean()
+
+
+def contrastive_loss(scores: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE over pooled image-text scores [B, B] (text i belongs to image i).
+
+    Cross-entropy of each image over the texts and of each text over the images, averaged;
+    `ignore` [B, B] bool (off-diagonal false negatives) removes pairs from both softmaxes.
+    """
+    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be [B, B], got {tuple(scores.shape)}")
+    if ignore is not None:
+        eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+        scores = scores.masked_fill(ignore & ~eye, float("-inf"))
+    target = torch.arange(scores.shape[0], device=scores.device)
+    return 0.5 * (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target))

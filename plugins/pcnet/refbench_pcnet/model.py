@@ -38,7 +38,7 @@ from refbench.nn import (
 )
 from refbench_pcnet.config import ARCHITECTURE_KEYS, PAPER_CONFIG, preset_defaults, validate
 from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
-from refbench_pcnet.losses import iad_loss, proposals_to_map, ras_loss
+from refbench_pcnet.losses import contrastive_loss, iad_loss, proposals_to_map, ras_loss
 
 
 class PCNet(TrainableModel):
@@ -238,9 +238,11 @@ class PCNet(TrainableModel):
                 float(cfg["focal_p"]),
                 float(cfg["focal_c"]),
             )
-            losses[f"cls/stage{n + 1}"] = float(cfg["cls_weight"]) * classification_loss(
-                scores, ignore=ignore
-            )
+            if cfg["cls_loss"] == "infonce":
+                cls = contrastive_loss(scores, ignore)
+            else:
+                cls = classification_loss(scores, ignore=ignore)
+            losses[f"cls/stage{n + 1}"] = float(cfg["cls_weight"]) * cls
 
         use_ras = bool(cfg["ras"]) and stages > 1
         use_iad = distinct_per_image > 0
@@ -261,7 +263,14 @@ class PCNet(TrainableModel):
             if use_iad:
                 distinct_maps = responses[:, num_images:]  # [B, D, N, hw]
                 iad = iad_loss(
-                    target, distinct_maps, distinct_valid, soft, valid, cfg["iad_alignment"]
+                    target,
+                    distinct_maps,
+                    distinct_valid,
+                    soft,
+                    valid,
+                    cfg["iad_alignment"],
+                    cfg["iad_form"],
+                    float(cfg["iad_temperature"]),
                 )
                 losses["iad"] = float(cfg["iad_weight"]) * iad
         return losses

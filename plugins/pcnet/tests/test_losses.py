@@ -7,6 +7,7 @@ import pytest
 import torch
 from refbench_pcnet.losses import (
     alignment_scores,
+    contrastive_loss,
     iad_loss,
     localization_ambiguity,
     proposals_to_map,
@@ -172,3 +173,51 @@ def test_proposals_are_area_averaged_onto_the_map_grid() -> None:
     soft, valid = proposals_to_map(masks, (2, 2))
     np.testing.assert_allclose(soft[0, 0].numpy(), [1.0, 0.0, 0.0, 0.25])
     assert valid.tolist() == [[True, False]]
+
+
+def test_paper_iad_has_no_gradient_when_both_texts_pick_the_same_proposal() -> None:
+    proposals, valid = _t(PROPOSALS)[None], torch.tensor(VALID)[None]
+    a = _t([1.0, 0.5, 0, 0, 0.2, 0])[None, None].requires_grad_(True)
+    d = _t([0.9, 0.6, 0, 0, 0.3, 0])[None, None, None].requires_grad_(True)
+    iad_loss(a, d, torch.tensor([[True]]), proposals, valid, form="paper").backward()
+    # Eq. 9's gradient is 2 (y_a - y_d) = one-hot(a) - one-hot(d) = 0 here: nothing moves.
+    assert a.grad.abs().max().item() < 1e-6 and d.grad.abs().max().item() < 1e-6
+
+
+def test_exclusive_iad_is_the_same_proposal_probability_and_separates_collapsed_maps() -> None:
+    proposals, valid = _t(PROPOSALS)[None], torch.tensor(VALID)[None]
+    ra = np.array([1.0, 0.5, 0, 0, 0.2, 0])
+    rd = np.array([0.9, 0.6, 0, 0, 0.3, 0])
+    tau = 0.1
+
+    def softmax_scores(r: np.ndarray) -> np.ndarray:
+        s = np.array([(r * m).max() for m in PROPOSALS[:3]]) / tau  # padding slot left out
+        e = np.exp(s - s.max())
+        return e / e.sum()
+
+    want = float((softmax_scores(ra) * softmax_scores(rd)).sum())
+    a = _t(ra)[None, None].requires_grad_(True)
+    d = _t(rd)[None, None, None].requires_grad_(True)
+    got = iad_loss(a, d, torch.tensor([[True]]), proposals, valid, form="exclusive", temperature=tau)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    got.backward()
+    # Both maps peak on the left proposal: descending the loss lowers both there.
+    assert a.grad[0, 0, 0].item() > 0 and d.grad[0, 0, 0, 0].item() > 0
+
+
+def test_contrastive_loss_matches_a_numpy_infonce_with_ignored_pairs() -> None:
+    scores = np.array([[2.0, 0.5, 1.0], [0.1, 1.5, -0.3], [0.7, 0.2, 0.9]])
+    ignore = np.array([[False, True, False], [False, False, False], [False, False, False]])
+
+    def ce(rows: np.ndarray, mask: np.ndarray) -> float:
+        out = []
+        for i, (row, m) in enumerate(zip(rows, mask)):
+            kept = row[~m]
+            out.append(np.log(np.exp(kept).sum()) - row[i])
+        return float(np.mean(out))
+
+    want = 0.5 * (ce(scores, ignore) + ce(scores.T, ignore.T))
+    got = contrastive_loss(_t(scores), torch.tensor(ignore))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    plain = 0.5 * (ce(scores, ~np.ones_like(ignore)) + ce(scores.T, ~np.ones_like(ignore)))
+    assert contrastive_loss(_t(scores)).item() == pytest.approx(plain, rel=1e-5)

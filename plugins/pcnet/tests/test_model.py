@@ -56,6 +56,8 @@ def test_presets_and_paper_defaults() -> None:
     small = PCNet.small_config()
     assert small["small_backbone"] and small["backbone_weights"] is None
     assert (small["input_size"], small["feature_stage"]) == (96, 2)
+    # the largest-first proposal list must reach the objects of a 96 px SynthRef scene
+    assert small["num_proposals"] == 40
 
 
 def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
@@ -69,6 +71,10 @@ def test_bad_config_values_are_config_errors() -> None:
         PCNet({**TINY, "modulation": "CONCAT"})
     with pytest.raises(ConfigError, match="ras_alignment"):
         PCNet({**TINY, "ras_alignment": "median"})
+    with pytest.raises(ConfigError, match="cls_loss"):
+        PCNet({**TINY, "cls_loss": "hinge"})
+    with pytest.raises(ConfigError, match="iad_form"):
+        PCNet({**TINY, "iad_form": "kl"})
     with pytest.raises(ConfigError, match="num_stagse"):
         PCNet({**TINY, "num_stagse": 2})
 
@@ -117,6 +123,8 @@ def test_missing_cues_fall_back_to_the_sentence_with_one_warning() -> None:
         ({"modulation": "ADD", "negative_cues": False}, None),
         ({"modulation": "TTA"}, None),
         ({"modulation": "VTA+ADD", "ras_alignment": "avg", "iad_alignment": "avg"}, None),
+        ({"cls_loss": "infonce", "iad_form": "exclusive"}, {"cls/stage1", "cls/stage2",
+                                                            "cls/stage3", "ras", "iad"}),
     ],
 )
 def test_training_step_returns_the_switched_on_losses(overrides: dict, keys: set | None) -> None:
