@@ -16,6 +16,7 @@ MODULATIONS = ("ADD", "TTA", "VTA+ADD", "VTA+TTA")
 ALIGNMENTS = ("max", "avg")
 PRESETS = ("paper", "small")
 CLS_LOSSES = ("bce", "infonce")
+NORMS = ("batch", "group")
 IAD_FORMS = ("paper", "exclusive")
 
 # Keys that change the shapes of the weights: a checkpoint only fits the values it was trained
@@ -25,6 +26,7 @@ ARCHITECTURE_KEYS = (
     "small_backbone",
     "feature_stage",
     "coord_channels",
+    "backbone_norm",
     "hidden_dim",
     "num_stages",
     "modulation",
@@ -39,6 +41,9 @@ PAPER_CONFIG: dict[str, Any] = {
     "backbone_weights": "openai",
     "small_backbone": False,
     "feature_stage": 4,  # ResNet layer whose map is V_0: 4 = C5, stride 32 (App. A.4)
+    # "group" swaps the ResNet's BatchNorm for GroupNorm (random init only): a short run from
+    # scratch leaves BatchNorm's running statistics behind its weights
+    "backbone_norm": "batch",
     "coord_channels": False,  # append normalised (x, y) to V_0 before the projection
     "hidden_dim": 1024,  # C
     "mlp_ratio": 1.0,  # hidden width of the CRM's MLPs, as a multiple of C
@@ -119,6 +124,11 @@ def validate(config: Mapping[str, Any]) -> None:
 
     if config["modulation"] not in MODULATIONS:
         fail("modulation", f"choose one of {', '.join(MODULATIONS)} (PCNet Table 4)")
+    if config["backbone_norm"] not in NORMS:
+        fail("backbone_norm", f"choose one of {', '.join(NORMS)}")
+    if config["backbone_norm"] == "group" and config["backbone_weights"]:
+        fail("backbone_norm", "GroupNorm only fits a randomly initialised backbone "
+             "(backbone_weights=null); pretrained CLIP weights use BatchNorm")
     if config["cls_loss"] not in CLS_LOSSES:
         fail("cls_loss", f"choose one of {', '.join(CLS_LOSSES)}")
     if config["iad_form"] not in IAD_FORMS:

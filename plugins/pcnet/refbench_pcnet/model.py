@@ -41,6 +41,17 @@ from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
 from refbench_pcnet.losses import contrastive_loss, iad_loss, proposals_to_map, ras_loss
 
 
+def _batch_to_group_norm(module: torch.nn.Module) -> None:
+    """Replace every BatchNorm2d under `module` by GroupNorm (8 groups, or 1 if C % 8)."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            channels = child.num_features
+            groups = 8 if channels % 8 == 0 else 1
+            setattr(module, name, torch.nn.GroupNorm(groups, channels))
+        else:
+            _batch_to_group_norm(child)
+
+
 class PCNet(TrainableModel):
     """Progressive Comprehension Network: per-stage response maps from cue-modulated queries."""
 
@@ -70,6 +81,8 @@ class PCNet(TrainableModel):
             arch=cfg["backbone"], weights=cfg["backbone_weights"], small=bool(cfg["small_backbone"])
         )
         self.feature_stage = int(cfg["feature_stage"])
+        if cfg["backbone_norm"] == "group":
+            _batch_to_group_norm(self.backbone.model.visual)
         self._freeze_unused_backbone()
         dim = int(cfg["hidden_dim"])
         in_channels = self.backbone.stage_channels(self.feature_stage)

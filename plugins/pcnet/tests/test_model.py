@@ -60,6 +60,20 @@ def test_presets_and_paper_defaults() -> None:
     assert small["num_proposals"] == 40
 
 
+def test_group_norm_backbone_has_no_batch_norm_and_answers_alone() -> None:
+    torch.manual_seed(0)
+    model = PCNet({**TINY, "backbone_norm": "group"}).eval()
+    norms = [m for m in model.backbone.model.visual.modules()]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in norms)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in norms)
+    batch = _batch(2)
+    # no batch statistics: an image's map is the same alone as within a batch, in train mode too
+    model.train()
+    together = model.predict(batch).response_maps  # image 0's two expressions come first
+    alone = model.predict(Batch(batch.images[:1], batch.expressions[:1])).response_maps
+    torch.testing.assert_close(together[:2], alone)
+
+
 def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
     assert model.config["small_backbone"] is True and model.config["hidden_dim"] == 32
     assert model.config["feature_stage"] == 2 and model.config["input_size"] == 64
@@ -75,6 +89,8 @@ def test_bad_config_values_are_config_errors() -> None:
         PCNet({**TINY, "cls_loss": "hinge"})
     with pytest.raises(ConfigError, match="iad_form"):
         PCNet({**TINY, "iad_form": "kl"})
+    with pytest.raises(ConfigError, match="backbone_norm"):
+        PCNet({**TINY, "backbone_norm": "group", "backbone_weights": "openai"})
     with pytest.raises(ConfigError, match="num_stagse"):
         PCNet({**TINY, "num_stagse": 2})
 
