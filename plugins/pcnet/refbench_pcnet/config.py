@@ -16,7 +16,7 @@ MODULATIONS = ("ADD", "TTA", "VTA+ADD", "VTA+TTA")
 ALIGNMENTS = ("max", "avg")
 PRESETS = ("paper", "small")
 CLS_LOSSES = ("bce", "infonce")
-NORMS = ("batch", "group")
+NORMS = ("batch", "group", "layer")
 IAD_FORMS = ("paper", "exclusive")
 
 # Keys that change the shapes of the weights: a checkpoint only fits the values it was trained
@@ -41,8 +41,10 @@ PAPER_CONFIG: dict[str, Any] = {
     "backbone_weights": "openai",
     "small_backbone": False,
     "feature_stage": 4,  # ResNet layer whose map is V_0: 4 = C5, stride 32 (App. A.4)
-    # "group" swaps the ResNet's BatchNorm for GroupNorm (random init only): a short run from
-    # scratch leaves BatchNorm's running statistics behind its weights
+    # "group" / "layer" swap the ResNet's BatchNorm (random init only): a short run from scratch
+    # leaves BatchNorm's running statistics behind its weights. "layer" normalises the channels
+    # of each position alone; GroupNorm's per-image statistics tell every background position
+    # which objects the image holds (on SynthRef its peaks went to the background).
     "backbone_norm": "batch",
     "coord_channels": False,  # append normalised (x, y) to V_0 before the projection
     "hidden_dim": 1024,  # C
@@ -126,8 +128,8 @@ def validate(config: Mapping[str, Any]) -> None:
         fail("modulation", f"choose one of {', '.join(MODULATIONS)} (PCNet Table 4)")
     if config["backbone_norm"] not in NORMS:
         fail("backbone_norm", f"choose one of {', '.join(NORMS)}")
-    if config["backbone_norm"] == "group" and config["backbone_weights"]:
-        fail("backbone_norm", "GroupNorm only fits a randomly initialised backbone "
+    if config["backbone_norm"] != "batch" and config["backbone_weights"]:
+        fail("backbone_norm", "group/layer norm only fits a randomly initialised backbone "
              "(backbone_weights=null); pretrained CLIP weights use BatchNorm")
     if config["cls_loss"] not in CLS_LOSSES:
         fail("cls_loss", f"choose one of {', '.join(CLS_LOSSES)}")

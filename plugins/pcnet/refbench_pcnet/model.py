@@ -41,15 +41,30 @@ from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
 from refbench_pcnet.losses import contrastive_loss, iad_loss, proposals_to_map, ras_loss
 
 
-def _batch_to_group_norm(module: torch.nn.Module) -> None:
-    """Replace every BatchNorm2d under `module` by GroupNorm (8 groups, or 1 if C % 8)."""
+class PositionLayerNorm(torch.nn.Module):
+    """LayerNorm over the channels of each position: [B, C, H, W] -> same (no spatial mixing)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, C, H, W]."""
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _replace_batch_norm(module: torch.nn.Module, kind: str) -> None:
+    """Replace every BatchNorm2d under `module`: "group" (8 groups, or 1) or "layer"."""
     for name, child in module.named_children():
         if isinstance(child, torch.nn.BatchNorm2d):
             channels = child.num_features
-            groups = 8 if channels % 8 == 0 else 1
-            setattr(module, name, torch.nn.GroupNorm(groups, channels))
+            if kind == "group":
+                new: torch.nn.Module = torch.nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+            else:
+                new = PositionLayerNorm(channels)
+            setattr(module, name, new)
         else:
-            _batch_to_group_norm(child)
+            _replace_batch_norm(child, kind)
 
 
 class PCNet(TrainableModel):
@@ -81,8 +96,8 @@ class PCNet(TrainableModel):
             arch=cfg["backbone"], weights=cfg["backbone_weights"], small=bool(cfg["small_backbone"])
         )
         self.feature_stage = int(cfg["feature_stage"])
-        if cfg["backbone_norm"] == "group":
-            _batch_to_group_norm(self.backbone.model.visual)
+        if cfg["backbone_norm"] != "batch":
+            _replace_batch_norm(self.backbone.model.visual, cfg["backbone_norm"])
         self._freeze_unused_backbone()
         dim = int(cfg["hidden_dim"])
         in_channels = self.backbone.stage_channels(self.feature_stage)

@@ -60,18 +60,29 @@ def test_presets_and_paper_defaults() -> None:
     assert small["num_proposals"] == 40
 
 
-def test_group_norm_backbone_has_no_batch_norm_and_answers_alone() -> None:
+@pytest.mark.parametrize(("norm", "kind"), [("group", torch.nn.GroupNorm), ("layer", torch.nn.LayerNorm)])
+def test_norm_option_leaves_no_batch_norm_and_answers_alone(norm: str, kind: type) -> None:
     torch.manual_seed(0)
-    model = PCNet({**TINY, "backbone_norm": "group"}).eval()
+    model = PCNet({**TINY, "backbone_norm": norm}).eval()
     norms = [m for m in model.backbone.model.visual.modules()]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in norms)
-    assert any(isinstance(m, torch.nn.GroupNorm) for m in norms)
+    assert any(isinstance(m, kind) for m in norms)
     batch = _batch(2)
     # no batch statistics: an image's map is the same alone as within a batch, in train mode too
     model.train()
     together = model.predict(batch).response_maps  # image 0's two expressions come first
     alone = model.predict(Batch(batch.images[:1], batch.expressions[:1])).response_maps
     torch.testing.assert_close(together[:2], alone)
+
+
+def test_layer_norm_normalises_each_position_alone() -> None:
+    from refbench_pcnet.model import PositionLayerNorm
+
+    x = torch.randn(2, 6, 3, 4)
+    got = PositionLayerNorm(6)(x)
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(got, (x - mean) / torch.sqrt(var + 1e-5))  # weight 1, bias 0
 
 
 def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
