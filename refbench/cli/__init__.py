@@ -16,6 +16,8 @@ from refbench.errors import RefbenchError
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
     "list": "listing:list_command",
+    "eval": "eval:eval_command",
+    "score": "eval:score_command",
 }
 
 
