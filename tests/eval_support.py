@@ -176,10 +176,16 @@ def reference_records(data: dict, sentences: str = "all", grid: int = 8) -> list
             predicted = normalised > 1e-9
             y, x = np.unravel_index(int(np.argmax(normalised)), normalised.shape)
             bx, by, bw, bh = ann["bbox"]
+            on_any = False
+            for other in data["annotations"]:
+                if other["image_id"] == ref["image_id"]:
+                    poly = mask_utils.frPyObjects(other["segmentation"], height, width)
+                    on_any |= bool(mask_utils.decode(mask_utils.merge(poly))[y, x])
             out.append({
                 "key": key, "peak": [int(y), int(x)], "point_hit": bool(gt[y, x]),
                 "box_hit": bool(bx <= x < bx + bw and by <= y < by + bh),
                 "inter": int((predicted & gt).sum()), "union": int((predicted | gt).sum()),
+                "on_background": not on_any,
                 "mask": predicted,
             })
     return out

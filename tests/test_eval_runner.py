@@ -66,7 +66,7 @@ def test_grouped_run_matches_a_per_sentence_reference(tmp_path, plugin, data):
     assert sorted(records) == sorted(r["key"] for r in reference)
     for expected in reference:
         got = records[expected["key"]]
-        for field in ("peak", "point_hit", "box_hit", "inter", "union"):
+        for field in ("peak", "point_hit", "box_hit", "inter", "union", "on_background"):
             assert got[field] == expected[field], (expected["key"], field)
     assert result["n"] == len(reference)
     for name, value in _reference_metrics(reference).items():

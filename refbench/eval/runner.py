@@ -42,7 +42,7 @@ class ImageGroups(Dataset):
 
     Each item is a dict with ``image`` [3, S, S], ``image_id``, ``height``, ``width``,
     ``expressions`` (list[Expression]), ``gt_masks`` [E, H, W] bool, ``boxes`` [E, 4] (x, y, w,
-    h), ``object_masks`` [A, H, W] bool (every annotated object) and ``proposals``
+    h), ``object_masks`` [1, H, W] bool (the union of every annotated object) and ``proposals``
     [P, H, W] bool or None.
     """
 
@@ -82,12 +82,11 @@ class ImageGroups(Dataset):
 
         gt_masks = torch.from_numpy(np.stack([mask(e.ann_id) for e in expressions]))
         boxes = torch.tensor([self.dataset.box(e.ann_id) for e in expressions], dtype=torch.float64)
-        object_ids = list(self.dataset.annotation_ids(image_id))
-        object_masks = (
-            torch.from_numpy(np.stack([mask(a) for a in object_ids]))
-            if object_ids
-            else torch.zeros((0, height, width), dtype=torch.bool)
-        )
+        # on_background only needs the union of all objects: computed here, in the worker.
+        union = np.zeros((height, width), dtype=bool)
+        for ann_id in self.dataset.annotation_ids(image_id):
+            union |= mask(ann_id)
+        object_masks = torch.from_numpy(union)[None]
         proposals = None
         if self.proposal_store is not None:
             proposals = self.proposal_store.load(image_id, (height, width))
