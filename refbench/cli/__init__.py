@@ -7,7 +7,9 @@ A `RefbenchError` becomes a one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -15,25 +17,51 @@ from refbench.errors import RefbenchError
 
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
+    "cues": "cues:cues_group",
+    "data": "data:data_group",
     "list": "listing:list_command",
     "eval": "eval:eval_command",
     "score": "eval:score_command",
+    "proposals": "proposals:proposals_group",
+    "train": "train:train_command",
+    "leaderboard": "report:leaderboard_command",
+    "compare": "report:compare_command",
+    "show": "report:show_command",
+    "curves": "report:curves_command",
 }
 
 
 class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when that command is used."""
+    """A click group that imports a subcommand's module only when that command is used.
+
+    `lazy_commands` maps a name to ``module:attribute`` under refbench.cli; the top-level group
+    uses `COMMANDS`, a nested group passes its own table (``@click.group(cls=LazyGroup,
+    lazy_commands=...)``). A name whose module is not installed is left out.
+    """
+
+    lazy_commands: Mapping[str, str] = COMMANDS
+
+    def __init__(self, *args, lazy_commands: Mapping[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if lazy_commands is not None:
+            self.lazy_commands = lazy_commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(name for name in self.lazy_commands if self._module_of(name) is not None)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
+    def _module_of(self, name: str) -> str | None:
+        target = self.lazy_commands.get(name)
         if target is None:
             return None
-        module_name, attribute = target.split(":")
-        module = importlib.import_module(f"refbench.cli.{module_name}")
-        return getattr(module, attribute)
+        module_name = f"refbench.cli.{target.split(':')[0]}"
+        return module_name if importlib.util.find_spec(module_name) is not None else None
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module_name = self._module_of(name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(module_name)
+        return getattr(module, self.lazy_commands[name].split(":")[1])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,74 @@
+"""``refbench cues``: build target-related cue phrases for a split, or import PCNet's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+DATA_ROOT_ENV = "REFBENCH_DATA_ROOT"
+
+
+def _dataset(split: str, data_root: str | None):
+    from refbench.data.refer import ReferDataset
+
+    return ReferDataset(Path(data_root or os.environ.get(DATA_ROOT_ENV, "data")), split)
+
+
+@click.group("cues")
+def cues_group() -> None:
+    """Decompose referring expressions into K short target-related phrases (cached)."""
+
+
+@cues_group.command("build")
+@click.option("--split", "split", required=True, help="split id, e.g. refcocog-train-g")
+@click.option("--data-root", default=None, help=f"data root (default ${DATA_ROOT_ENV} or ./data)")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "heuristic", "llm", "template"]),
+    default="auto",
+    show_default=True,
+    help="auto = llm when REFBENCH_LLM_BASE_URL is set, else heuristic",
+)
+@click.option("--k", "k", type=click.IntRange(1, 32), default=5, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="llm: requests")
+@click.option("--base-url", default=None, help="llm: overrides REFBENCH_LLM_BASE_URL")
+@click.option("--llm-model", default=None, help="llm: overrides REFBENCH_LLM_MODEL")
+@click.option("--timeout", type=float, default=None, help="llm: seconds per request")
+def build_command(
+    split: str,
+    data_root: str | None,
+    backend: str,
+    k: int,
+    concurrency: int | None,
+    base_url: str | None,
+    llm_model: str | None,
+    timeout: float | None,
+) -> None:
+    """Build (or finish) the cue cache of a split; the API key comes from REFBENCH_LLM_API_KEY."""
+    from refbench.cues import build_cues_with_stats, get_backend
+
+    dataset = _dataset(split, data_root)
+    cue_backend = get_backend(
+        backend, concurrency=concurrency, base_url=base_url, model=llm_model, timeout=timeout
+    )
+    cues, stats = build_cues_with_stats(dataset, cue_backend, k=k, progress=True)
+    click.echo(
+        f"{len(cues)} expressions of {split} have {k} {cue_backend.name} cues: "
+        f"{stats.from_cache} from cache, {stats.built} built, {stats.fallback} fell back to the "
+        f"heuristic ({stats.path})"
+    )
+
+
+@cues_group.command("import")
+@click.option("--split", "split", required=True, help="split id, e.g. refcoco-val")
+@click.option("--from", "source", required=True, help="folder of PCNet's <ref_id>.json files")
+@click.option("--data-root", default=None, help=f"data root (default ${DATA_ROOT_ENV} or ./data)")
+def import_command(split: str, source: str, data_root: str | None) -> None:
+    """Import the phrase files released with PCNet's code as backend ``pcnet-import``."""
+    from refbench.cues import import_pcnet_phrases
+
+    dataset = _dataset(split, data_root)
+    count = import_pcnet_phrases(source, dataset)
+    click.echo(f"imported PCNet phrases for {count} expressions of {split}")

@@ -1,0 +1,278 @@
+"""The on-disk cue cache: one JSON-lines file per data set and backend config, appended as work
+finishes, so an interrupted build resumes where it stopped.
+
+Layout: ``cache_root()/cues/<dataset>-<split_by>/<backend>-<confighash>.jsonl`` with one line per
+distinct sentence: ``{"hash", "key", "text", "cues", "fallback"}`` where ``hash`` is SHA-256 of
+the sentence and the backend config. Beside it, ``<backend>-<confighash>.config.json`` records
+the config (never a secret) for people reading the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refbench.cues.base import CueBackend, CueResult, config_hash, sentence_hash
+from refbench.cues.padding import pad_cues
+from refbench.errors import DataError, RefbenchError
+from refbench.io import (
+    append_jsonl,
+    atomic_write_json,
+    cache_root,
+    ensure_dir,
+    exclusive_lock,
+    read_json,
+    read_jsonl,
+)
+
+FLUSH_EVERY = 256  # records per fsync for fast backends
+FLUSH_SECONDS = 0.5  # and never hold a finished record longer than this
+
+
+def dataset_folder(dataset: Any, cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/cues/<dataset>-<split_by>``: all splits of a data set share their cues."""
+    info = dataset.info
+    base = Path(cache_dir) if cache_dir is not None else cache_root() / "cues"
+    return base / f"{info.dataset}-{info.split_by}"
+
+
+class CueStore:
+    """One cache file: read the finished records, append new ones whole and flushed."""
+
+    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.config = dict(config)
+        self.records: dict[str, dict[str, Any]] = {}
+        self._valid_bytes = 0
+
+    @classmethod
+    def for_backend(
+        cls, dataset: Any, name: str, config: dict[str, Any], cache_dir: str | Path | None = None
+    ) -> CueStore:
+        """The store of backend `name` with `config` for `dataset`'s data set."""
+        folder = dataset_folder(dataset, cache_dir)
+        return cls(folder / f"{name}-{config_hash(config)}.jsonl", config)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def hash(self, text: str) -> str:
+        """The cache key of `text` under this store's config."""
+        return sentence_hash(text, self.config)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Read every finished record (a torn last line is ignored); corrupt lines are errors."""
+        self.records = {}
+        self._valid_bytes = 0
+        if not self.path.exists():
+            return self.records
+        records, self._valid_bytes = read_jsonl(self.path)
+        for number, record in enumerate(records, start=1):
+            cues = record.get("cues") if isinstance(record, dict) else None
+            if (
+                not isinstance(record, dict)
+                or not isinstance(record.get("hash"), str)
+                or not isinstance(cues, list)
+                or not cues
+                or not all(isinstance(c, str) and c for c in cues)
+            ):
+                raise DataError(
+                    f"cue cache {self.path} record {number} is not a cue record; delete the "
+                    "file to build these cues again"
+                )
+            self.records[record["hash"]] = record
+        return self.records
+
+    def open_for_append(self):
+        """Open for appending, first cutting off a torn last line left by a crash."""
+        ensure_dir(self.path.parent, "cue cache folder")
+        if self.path.exists() and self.path.stat().st_size > self._valid_bytes:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(self._valid_bytes)
+        atomic_write_json(self.path.with_name(self.path.stem + ".config.json"), self.config)
+        return open(self.path, "a", encoding="utf-8")
+
+    def record(self, key: str, text: str, result: CueResult) -> dict[str, Any]:
+        """The cache line for one finished sentence."""
+        return {
+            "hash": self.hash(text),
+            "key": key,
+            "text": text,
+            "cues": list(result.phrases),
+            "fallback": bool(result.fallback),
+        }
+
+
+@dataclass
+class BuildStats:
+    """What a build did: expressions answered from the cache, newly built, and fallbacks."""
+
+    total: int = 0
+    from_cache: int = 0
+    built: int = 0
+    fallback: int = 0
+    path: Path | None = None
+
+
+def _keys_by_text(expressions: Sequence[Any]) -> dict[str, list[str]]:
+    by_text: dict[str, list[str]] = {}
+    for expression in expressions:
+        by_text.setdefault(expression.text, []).append(expression.key)
+    return by_text
+
+
+def _padded(store: CueStore, expressions: Iterable[Any], k: int) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for expression in expressions:
+        record = store.records.get(store.hash(expression.text))
+        if record is not None:
+            out[expression.key] = pad_cues(record["cues"], k)
+    return out
+
+
+def build_cues_with_stats(
+    dataset: Any,
+    backend: CueBackend,
+    k: int = 5,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, tuple[str, ...]], BuildStats]:
+    """`build_cues`, also saying how many came from the cache, were built or fell back."""
+    expressions = dataset.expressions("all")
+    store = CueStore.for_backend(dataset, backend.name, backend.config(), cache_dir)
+    stats = BuildStats(total=len(expressions), path=store.path)
+    with exclusive_lock(store.lock_path, f"cue cache {store.path}"):
+        store.load()
+        by_text = _keys_by_text(expressions)
+        missing = [text for text in by_text if store.hash(text) not in store.records]
+        missing_set = set(missing)
+        stats.from_cache = sum(len(keys) for t, keys in by_text.items() if t not in missing_set)
+        if missing:
+            backend.bind(dataset)
+            _run(store, backend, missing, by_text, stats, progress)
+    return _padded(store, expressions, k), stats
+
+
+def _run(
+    store: CueStore,
+    backend: CueBackend,
+    missing: list[str],
+    by_text: dict[str, list[str]],
+    stats: BuildStats,
+    progress: bool,
+) -> None:
+    buffer: list[dict[str, Any]] = []
+    last_flush = time.monotonic()
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+    handle = store.open_for_append()
+    index = -1
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task(f"cues ({backend.name})", total=len(missing))
+        try:
+            for index, result in backend.iter_results(missing):
+                text = missing[index]
+                if not result.phrases:
+                    raise DataError(f"cue backend {backend.name} returned no phrase for {text!r}")
+                record = store.record(by_text[text][0], text, result)
+                store.records[record["hash"]] = record
+                buffer.append(record)
+                stats.built += len(by_text[text])
+                stats.fallback += len(by_text[text]) if result.fallback else 0
+                if bar is not None:
+                    bar.advance(task)
+                now = time.monotonic()
+                if len(buffer) >= FLUSH_EVERY or now - last_flush >= FLUSH_SECONDS:
+                    append_jsonl(handle, buffer)
+                    buffer, last_flush = [], now
+        except RefbenchError as error:
+            append_jsonl(handle, buffer)
+            buffer = []
+            kept = len(store.records)
+            item = getattr(error, "item_index", None)
+            where = ""
+            if item is not None:
+                where = f"expression {by_text[missing[item]][0]}: "
+            raise type(error)(
+                f"{where}{error} (cue cache {store.path} keeps {kept} finished sentences; rerun the "
+                "same command to continue)"
+            ) from None
+    finally:
+        append_jsonl(handle, buffer)
+        handle.close()
+        if bar is not None:
+            bar.stop()
+
+
+def build_cues(
+    dataset: Any,
+    backend: CueBackend,
+    k: int = 5,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, tuple[str, ...]]:
+    """Expression key -> K phrases for every expression of `dataset`, computing only what the
+    cache lacks and appending each finished sentence to it."""
+    cues, _ = build_cues_with_stats(dataset, backend, k, cache_dir, progress)
+    return cues
+
+
+def load_cues(
+    dataset: Any,
+    backend_name: str,
+    k: int = 5,
+    cache_dir: str | Path | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Cues built earlier with `backend_name`; a `DataError` naming the build command if absent.
+
+    Several cache files of one backend (built with different configs) are tried newest first;
+    the first that covers every expression of the split is used.
+    """
+    split = getattr(dataset.info, "id", "?")
+    folder = dataset_folder(dataset, cache_dir)
+    command = (
+        f"refbench cues import --split {split} --from DIR"
+        if backend_name == "pcnet-import"
+        else f"refbench cues build --split {split} --backend {backend_name}"
+    )
+    files = sorted(
+        folder.glob(f"{backend_name}-*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    if not files:
+        raise DataError(
+            f"no {backend_name} cues for {split} in {folder}; build them with `{command}`"
+        )
+    expressions = dataset.expressions("all")
+    best: tuple[int, Path] | None = None
+    for path in files:
+        config_file = path.with_name(path.stem + ".config.json")
+        config = read_json(config_file, "cue cache config") if config_file.exists() else None
+        if config is None:
+            continue
+        store = CueStore(path, config)
+        store.load()
+        cues = _padded(store, expressions, k)
+        if len(cues) == len(expressions):
+            return cues
+        if best is None or len(cues) > best[0]:
+            best = (len(cues), path)
+    have = best[0] if best else 0
+    raise DataError(
+        f"{backend_name} cues for {split} are incomplete ({have} of {len(expressions)} "
+        f"expressions in {best[1] if best else folder}); finish them with `{command}`"
+    )
