@@ -104,22 +104,22 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
     per_template = result.get("per_template")
     if per_template:
         table = Table(title="SynthRef per template")
-        for column in ("template", "n", "PointM", "mIoU"):
+        chance = (result.get("chance") or {}).get("per_template", {})
+        for column in ("template", "n", "PointM", "mIoU", "chance (random object)"):
             table.add_column(column, justify="left" if column == "template" else "right")
         for template, values in sorted(per_template.items()):
             table.add_row(
                 template, str(values.get("n", "")), _pct(values.get("PointM")),
-                _pct(values.get("mIoU")),
+                _pct(values.get("mIoU")), _pct(chance.get(template, {}).get("random_object")),
             )
         console.print(table)
         background = result.get("metrics", {}).get("BackgroundPeaks")
         if background is not None:
             console.print(f"peaks on background: {_pct(background)}%")
-    chance = result.get("chance")
+    chance = (result.get("chance") or {}).get("PointM")
     if chance:
-        flat = {k: v for k, v in chance.items() if isinstance(v, (int, float))}
-        text = ", ".join(f"{k} {_pct(v)}" for k, v in sorted(flat.items()))
-        console.print(f"chance levels (x100): {text or json.dumps(chance)}")
+        text = ", ".join(f"{k} {_pct(v)}" for k, v in chance.items())
+        console.print(f"chance PointM (x100): {text}")
 
 
 @click.command("eval")

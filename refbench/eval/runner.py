@@ -263,7 +263,13 @@ def _chance(dataset: Any) -> dict[str, Any] | None:
         return None
     from refbench.synth import stats
 
-    return _jsonable(stats(dataset.data_root, dataset.info.id).get("chance"))
+    # Chance levels of PointM (random point, random object, ...), overall and per template.
+    summary = stats(dataset.data_root, dataset.info.id)
+    per_template = {
+        template: {k: v for k, v in values.items() if k != "sentences"}
+        for template, values in summary.get("per_template", {}).items()
+    }
+    return _jsonable({"PointM": summary["overall"], "per_template": per_template})
 
 
 def run_config(
