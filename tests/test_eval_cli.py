@@ -145,3 +145,25 @@ def test_cuda_without_cuda_and_bad_override(tmp_path, plugin, data, capsys, monk
     assert _eval(tmp_path, "--set", "gird=4") == 2
     assert "grid" in _one_error_line(capsys)
     assert _files_under(tmp_path / "runs") == []
+
+
+def test_synthref_run_reports_templates_and_chance(tmp_path, plugin, capsys):
+    from refbench.synth import generate, stats
+
+    root = generate(tmp_path / "synth", seed=1, images={"train": 1, "val": 4, "test": 1})
+    assert main(["eval", "--model", "center", "--split", "synth-val", "--data-root", str(root),
+                 "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "SynthRef per template" in out and "chance PointM" in out
+    run_dir = next((tmp_path / "runs" / "center" / "synth-val").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert all("template" in r for r in records)
+    by_template: dict[str, list[bool]] = {}
+    for record in records:
+        by_template.setdefault(record["template"], []).append(record["point_hit"])
+    assert sorted(metrics["per_template"]) == sorted(by_template)
+    for template, hits in by_template.items():
+        assert metrics["per_template"][template]["n"] == len(hits)
+        assert metrics["per_template"][template]["PointM"] == pytest.approx(sum(hits) / len(hits))
+    assert metrics["chance"]["PointM"] == stats(root, "synth-val")["overall"]

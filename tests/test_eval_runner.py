@@ -177,3 +177,33 @@ def test_transform_resizes_and_normalises():
     resized = ModelImageTransform(size=16, mean=mean, std=std)(constant)
     assert resized.shape == (3, 16, 16)
     assert torch.allclose(resized[0], torch.full((16, 16), (200 / 255 - 0.5) / 0.2), atol=1e-5)
+
+
+@pytest.mark.parametrize("sentences", ["all", "first"])
+def test_every_refcoco_family_split_of_the_tiny_fixture(tmp_path, sentences):
+    """Mixed image formats (grayscale, RGBA, JPEG, dataset-local copies) on every split."""
+    from refbench import create_model
+    from refbench.data.refer import ReferDataset
+    from refbench.eval.runner import evaluate
+    from tests.refer_fixture import make_tiny_refer
+
+    fixture = make_tiny_refer(tmp_path / "tiny")
+    for split_id, expected in fixture["splits"].items():
+        if not expected["sentences"]:
+            continue
+        result = evaluate(create_model("center"), ReferDataset(fixture["root"], split_id),
+                          sentences=sentences, batch_size=2, out_dir=tmp_path / "runs",
+                          progress=False)
+        from pathlib import Path
+
+        records = _records(Path(result["run_dir"]))
+        wanted = expected["sentences"] if sentences == "all" else expected["first"]
+        assert sorted(r["key"] for r in records) == sorted(f"{i}:{r}:{s}" for i, r, s, _ in wanted)
+        for record in records:
+            image = fixture["images"][record["image_id"]]
+            assert (record["height"], record["width"]) == (image["height"], image["width"])
+            y, x = record["peak"]
+            assert record["point_hit"] == bool(fixture["masks"][record["ann_id"]][y, x])
+            on_any = any(fixture["masks"][a][y, x]
+                         for a in fixture["annotation_ids"][record["image_id"]])
+            assert record["on_background"] == (not on_any)
