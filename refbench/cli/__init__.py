@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "cues": "cues:cues_group",
     "data": "data:data_group",
     "list": "listing:list_command",
+    "eval": "eval:eval_command",
+    "score": "eval:score_command",
     "proposals": "proposals:proposals_group",
     "train": "train:train_command",
     "leaderboard": "report:leaderboard_command",
