@@ -13,9 +13,9 @@ from refbench.errors import CheckpointError, ConfigError
 TEXTS = ["the red car on the left", "a tall man", "green bowl", "dog sleeping"]
 
 
-def small_batch(count: int = 3, extras: int = 1, seed: int = 0) -> Batch:
+def small_batch(count: int = 3, extras: int = 1, seed: int = 0, size: int = 96) -> Batch:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(count, 3, 96, 96, generator=generator)
+    images = torch.randn(count, 3, size, size, generator=generator)
     groups = []
     for i in range(count):
         group = [Expression(TEXTS[i % len(TEXTS)], image_id=i, ref_id=0, sent_id=0)]
@@ -140,7 +140,7 @@ def test_calibration_terms_use_a_frozen_clip_outside_the_state_dict() -> None:
     model = TRIS(
         {"preset": "small", "calibration_positive_weight": 2.0, "calibration_negative_weight": 1.0}
     ).train()
-    losses = model.training_step(small_batch(count=3, extras=2))
+    losses = model.training_step(small_batch(count=3, extras=2, size=64))
     assert set(losses) == {"classification", "calibration_positive", "calibration_negative"}
     sum(losses.values()).backward()
     clip = model.calibration_clip()
@@ -150,7 +150,7 @@ def test_calibration_terms_use_a_frozen_clip_outside_the_state_dict() -> None:
     assert model.temperature.log_scale.grad is not None
     # The calibration losses reach the model: the projection gets their gradient.
     model.zero_grad()
-    losses = model.training_step(small_batch(count=3, extras=2))
+    losses = model.training_step(small_batch(count=3, extras=2, size=64))
     losses["calibration_negative"].backward()
     assert float(model.visual_projection.proj.weight.grad.abs().sum()) > 0
 
@@ -175,7 +175,7 @@ def test_a_few_adamw_steps_reduce_the_loss() -> None:
     optimizer = torch.optim.AdamW(
         model.parameter_groups(), lr=1e-3, weight_decay=model.config["weight_decay"]
     )
-    batch = small_batch(count=4, extras=1)
+    batch = small_batch(count=3, extras=1, size=64)
 
     def total() -> torch.Tensor:
         return sum(model.training_step(batch).values())
