@@ -210,3 +210,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, model: TRIS
     assert torch.equal(model.predict(batch).response_maps, restored.predict(batch).response_maps)
     assert restored.weights_description.startswith("trained TRIS checkpoint")
     assert restored.config == model.config
+
+
+def test_loading_a_checkpoint_never_reads_the_pretrained_backbone(tmp_path, model: TRIS) -> None:
+    state = model.checkpoint_state()
+    # A config naming weights that are not here: building from it directly fails ...
+    state["config"]["backbone_weights"] = "/nonexistent/RN50.pt"
+    with pytest.raises(CheckpointError, match="/nonexistent/RN50.pt"):
+        TRIS(state["config"])
+    # ... but the checkpoint holds every parameter, so loading it does not need them.
+    path = tmp_path / "tris.pt"
+    torch.save(state, path)
+    restored = TRIS.from_checkpoint(path)
+    assert "/nonexistent/RN50.pt" in restored.weights_description
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, restored.state_dict()[name]), name
