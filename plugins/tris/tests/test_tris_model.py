@@ -225,3 +225,26 @@ def test_loading_a_checkpoint_never_reads_the_pretrained_backbone(tmp_path, mode
     assert "/nonexistent/RN50.pt" in restored.weights_description
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, restored.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_paper_architecture_shapes_with_random_weights() -> None:
+    """RN50 at 320 and a ViT-B/32 calibration CLIP: the paper's shapes (random init, offline)."""
+    torch.manual_seed(0)
+    model = TRIS(
+        {
+            "backbone_weights": None,
+            "calibration_clip_weights": None,
+            "calibration_positive_weight": 2.0,
+            "calibration_negative_weight": 1.0,
+        }
+    )
+    assert model.backbone.feature_dim == 2048 and model.backbone.embed_dim == 1024
+    assert model.visual_projection.proj.out_channels == 1024
+    batch = small_batch(count=2, extras=2, size=320)
+    assert model.encode_images(batch.images).shape == (2, 1024, 10, 10)
+    losses = model.training_step(batch)
+    assert set(losses) == {"classification", "calibration_positive", "calibration_negative"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.calibration_clip().visual.image_size in (224, (224, 224))
+    assert model.eval().predict(batch).response_maps.shape == (6, 320, 320)
