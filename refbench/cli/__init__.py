@@ -18,8 +18,16 @@ from refbench.errors import RefbenchError
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
     "cues": "cues:cues_group",
-    "list": "listing:list_command",
     "data": "data:data_group",
+    "list": "listing:list_command",
+    "eval": "eval:eval_command",
+    "score": "eval:score_command",
+    "proposals": "proposals:proposals_group",
+    "train": "train:train_command",
+    "leaderboard": "report:leaderboard_command",
+    "compare": "report:compare_command",
+    "show": "report:show_command",
+    "curves": "report:curves_command",
 }
 
 

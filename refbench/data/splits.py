@@ -44,6 +44,10 @@ def _rows() -> list[SplitInfo]:
         rows.append(SplitInfo(f"refcocog-{split}-u", "refcocog", "umd", split, "refcocog", column))
     for split, column in (("train", "Train"), ("val", "Val"), ("test", "Test")):
         rows.append(SplitInfo(f"synth-{split}", "synthref", "synth", split, "synth", column))
+    for split, column in (("train", "Train"), ("val", "Val"), ("test", "Test")):
+        rows.append(
+            SplitInfo(f"synth-hard-{split}", "synthref-hard", "synth", split, "synth-hard", column)
+        )
     return rows
 
 

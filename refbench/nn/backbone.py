@@ -215,17 +215,28 @@ class ClipBackbone(nn.Module):
 
     # ----- image side -------------------------------------------------------------------------
 
-    def encode_image_dense(self, images: Tensor) -> Tensor:
-        """C5 features before attention pooling: [B, 3, S, S] -> [B, C5, S/32, S/32]."""
+    def encode_image_dense(self, images: Tensor, stage: int = 4) -> Tensor:
+        """ResNet features before attention pooling: [B, 3, S, S] -> [B, C, S/s, S/s].
+
+        stage 4 (default) is C5 (s = 32, C = `feature_dim`); stages 1-3 stop at an earlier
+        ResNet layer (s = 4, 8, 16; C = `stage_channels(stage)`) for finer maps.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, S, S], got {tuple(images.shape)}")
+        if stage not in (1, 2, 3, 4):
+            raise ValueError(f"stage must be 1, 2, 3 or 4 (ResNet layer), got {stage}")
         visual = self.model.visual
         x = images.to(visual.conv1.weight.dtype)
         x = visual.stem(x)
-        x = visual.layer1(x)
-        x = visual.layer2(x)
-        x = visual.layer3(x)
-        return visual.layer4(x)
+        for index in range(1, stage + 1):
+            x = getattr(visual, f"layer{index}")(x)
+        return x
+
+    def stage_channels(self, stage: int) -> int:
+        """Channels of ResNet layer `stage` (1-4); stage 4 gives `feature_dim`."""
+        if stage not in (1, 2, 3, 4):
+            raise ValueError(f"stage must be 1, 2, 3 or 4 (ResNet layer), got {stage}")
+        return int(getattr(self.model.visual, f"layer{stage}")[-1].conv3.out_channels)
 
     def positional_embedding(self, height: int, width: int) -> Tensor:
         """The attention pool's positional embedding for an h x w grid: [1 + h*w, C5].

@@ -1,0 +1,129 @@
+"""PCNet's configuration: the paper's defaults, the small preset, and their validation.
+
+Every ablation of the paper is a key: ``num_stages`` (Table 3), ``modulation`` (Table 4),
+``ras`` / ``iad`` (Table 2), ``num_distinct`` (N_d, Table 5), ``ras_alignment`` (Table 7) and
+``iad_alignment`` (Table 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from refbench.errors import ConfigError
+
+MODULATIONS = ("ADD", "TTA", "VTA+ADD", "VTA+TTA")
+ALIGNMENTS = ("max", "avg")
+PRESETS = ("paper", "small")
+
+# Keys that change the shapes of the weights: a checkpoint only fits the values it was trained
+# with, so `from_checkpoint` refuses overrides of these with a message naming the key.
+ARCHITECTURE_KEYS = (
+    "backbone",
+    "small_backbone",
+    "feature_stage",
+    "coord_channels",
+    "hidden_dim",
+    "num_stages",
+    "modulation",
+    "mlp_ratio",
+)
+
+# PCNet Sec. 4.1 and App. A.4: RN50 CLIP, 320 px, C = 1024, N = 3, P = 40, N_d = 1,
+# AdamW lr 5e-5, weight decay 1e-2, batch 36, 15 epochs, poly decay; L = L_cls + L_RaS + L_IaD.
+PAPER_CONFIG: dict[str, Any] = {
+    "preset": "paper",
+    "backbone": "RN50",
+    "backbone_weights": "openai",
+    "small_backbone": False,
+    "feature_stage": 4,  # ResNet layer whose map is V_0: 4 = C5, stride 32 (App. A.4)
+    "coord_channels": False,  # append normalised (x, y) to V_0 before the projection
+    "hidden_dim": 1024,  # C
+    "mlp_ratio": 1.0,  # hidden width of the CRM's MLPs, as a multiple of C
+    "num_stages": 3,  # N
+    # Stage n reads cue n (Sec. 3.2), so N of the K = 5 phrases are used: ask for N.
+    "num_cues": 3,
+    "modulation": "VTA+TTA",
+    "negative_cues": True,  # Eq. 2: the other images' cues join q'_n during training
+    "pooling": "tris",
+    "softmax_temperature": 1.0,
+    "focal_p": 3.0,
+    "focal_c": 0.01,
+    "temperature_init": 1 / 0.07,
+    "cls_weight": 1.0,  # on L_cls of every stage
+    "ras": True,
+    "ras_weight": 1.0,
+    "ras_alignment": "max",
+    "iad": True,
+    "iad_weight": 1.0,
+    "iad_alignment": "max",
+    "num_proposals": 40,  # P
+    "num_distinct": 1,  # N_d
+    "input_size": 320,
+    "lr": 5e-5,
+    "backbone_lr_scale": 0.1,
+    "weight_decay": 1e-2,
+    "batch_size": 36,
+    "epochs": 15,
+    "poly_power": 0.9,
+    "warmup_steps": 0,
+    "grad_clip": 1.0,
+}
+
+# SynthRef / CPU: the same architecture with tiny widths, trained from scratch. Stride 8
+# (ResNet layer 2) gives a 12x12 map on 96 px images, fine enough to tell 3-5 objects apart;
+# coordinate channels let "left"/"right" be said at all.
+SMALL_PRESET: dict[str, Any] = {
+    "preset": "small",
+    "backbone_weights": None,
+    "small_backbone": True,
+    "feature_stage": 2,
+    "coord_channels": True,
+    "hidden_dim": 64,
+    "num_proposals": 8,
+    "input_size": 96,
+    "lr": 3e-3,
+    "backbone_lr_scale": 1.0,
+    "batch_size": 32,
+    "epochs": 20,
+    "warmup_steps": 20,
+}
+
+
+def preset_defaults(base: Mapping[str, Any], preset: str) -> dict[str, Any]:
+    """`base` with the preset's values applied (``paper`` keeps `base`)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"pcnet preset {preset!r} is not one of {', '.join(PRESETS)}")
+    merged = dict(base)
+    if preset == "small":
+        merged.update(SMALL_PRESET)
+    return merged
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Raise `ConfigError` naming the key when a PCNet config value is out of range."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"pcnet config {key}={config[key]!r}: {why}")
+
+    if config["modulation"] not in MODULATIONS:
+        fail("modulation", f"choose one of {', '.join(MODULATIONS)} (PCNet Table 4)")
+    for key in ("ras_alignment", "iad_alignment"):
+        if config[key] not in ALIGNMENTS:
+            fail(key, f"choose one of {', '.join(ALIGNMENTS)} (PCNet Tables 7-8)")
+    if int(config["num_stages"]) < 1:
+        fail("num_stages", "need at least one stage")
+    if int(config["feature_stage"]) not in (1, 2, 3, 4):
+        fail("feature_stage", "a ResNet layer: 1, 2, 3 or 4 (4 = C5, the paper's)")
+    if int(config["hidden_dim"]) < 1:
+        fail("hidden_dim", "must be positive")
+    if int(config["num_cues"]) < 0:
+        fail("num_cues", "must be 0 (full sentence at every stage) or more")
+    if int(config["num_distinct"]) < 0:
+        fail("num_distinct", "N_d must be 0 or more")
+    if int(config["num_proposals"]) < 0:
+        fail("num_proposals", "P must be 0 or more")
+    if (config["ras"] or (config["iad"] and int(config["num_distinct"]) > 0)) and int(
+        config["num_proposals"]
+    ) < 1:
+        fail("num_proposals", "RaS and IaD need mask proposals; set ras=false iad=false or P > 0")

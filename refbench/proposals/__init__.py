@@ -1,0 +1,54 @@
+"""Class-agnostic mask proposals (PCNet Sec. 3.3, appendix D): backends, post-processing, cache.
+
+Proposals are computed once per refs file (``<dataset>-<split_by>``) and kept on disk as COCO RLE
+at the original image size; `ProposalStore.load` gives a [P, H, W] bool tensor at any size.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from refbench.errors import UnknownNameError
+from refbench.proposals.importers import import_pcnet_proposals, import_sam_rle_folder
+from refbench.proposals.oracle import oracle_scores
+from refbench.proposals.postprocess import (
+    PAPER_MIN_AREA,
+    SYNTH_MIN_AREA_FRACTION,
+    default_min_area,
+    postprocess,
+    postprocess_rles,
+)
+from refbench.proposals.store import ProposalStore, load_proposals
+
+BACKENDS = ("felzenszwalb", "sam")
+
+__all__ = [
+    "BACKENDS",
+    "PAPER_MIN_AREA",
+    "SYNTH_MIN_AREA_FRACTION",
+    "ProposalStore",
+    "default_min_area",
+    "get_backend",
+    "import_pcnet_proposals",
+    "import_sam_rle_folder",
+    "load_proposals",
+    "oracle_scores",
+    "postprocess",
+    "postprocess_rles",
+]
+
+
+def get_backend(name: str, **options: Any):
+    """The proposal backend `name` ("felzenszwalb" or "sam") built with `options`."""
+    if name == "felzenszwalb":
+        from refbench.proposals.felzenszwalb import FelzenszwalbBackend
+
+        return FelzenszwalbBackend(**options)
+    if name == "sam":
+        from refbench.proposals.sam import SamBackend
+
+        return SamBackend(**options)
+    close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownNameError(f"unknown proposal backend {name!r}.{hint} Valid: {', '.join(BACKENDS)}")

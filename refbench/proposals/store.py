@@ -1,0 +1,339 @@
+"""The on-disk proposal cache: per image, up to P masks as COCO RLE at the original image size.
+
+Layout: ``cache_root()/proposals/<dataset>-<split_by>/<backend>-<confighash>/`` holding
+``config.json`` (the backend config, written atomically) and ``proposals.jsonl`` (append-only,
+one record ``{height, image_id, rles, width}`` per image). An in-memory index of byte offsets
+gives random access by image id; a torn last line (a crash mid-write) is dropped and
+overwritten by the next build, a corrupt record elsewhere is a `DataError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from refbench.errors import ConfigError, DataError
+from refbench.io import (
+    append_jsonl,
+    atomic_write_json,
+    cache_root,
+    ensure_dir,
+    exclusive_lock,
+    read_json,
+)
+from refbench.proposals.postprocess import decode_masks
+from refbench.proposals.rle import decode_resized_columns
+
+RECORDS_FILE = "proposals.jsonl"
+CONFIG_FILE = "config.json"
+_IMAGE_ID = re.compile(rb'"image_id":\s*("(?:[^"\\]|\\.)*"|-?\d+)')
+
+
+class Dataset(Protocol):
+    """What the store needs of a dataset (refbench.data.refer.ReferDataset fits)."""
+
+    image_ids: list
+    info: Any
+
+    def image_info(self, image_id: Any) -> Any: ...
+    def load_image(self, image_id: Any) -> np.ndarray: ...
+
+
+def dataset_key(dataset: Any) -> str:
+    """``<dataset>-<split_by>``: splits of one refs file share their images and proposals."""
+    return f"{dataset.info.dataset}-{dataset.info.split_by}"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short, stable hash of a JSON-able config."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+def build_command(dataset: Any, backend_name: str) -> str:
+    """The command that builds a dataset's proposals, for error messages."""
+    split_id = getattr(dataset.info, "id", None) or f"<{dataset_key(dataset)} split>"
+    return f"refbench proposals build --split {split_id} --backend {backend_name}"
+
+
+class ProposalStore:
+    """Class-agnostic mask proposals of one dataset from one backend config, cached on disk."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        backend_name: str,
+        config: dict[str, Any],
+        root: str | Path | None = None,
+    ) -> None:
+        if "max_proposals" not in config:
+            raise ConfigError("a proposal config needs 'max_proposals' (PCNet uses 40)")
+        self.dataset_key = dataset_key(dataset)
+        self.backend_name = backend_name
+        self.config = dict(config)
+        self.max_proposals = int(config["max_proposals"])
+        base = Path(root) if root is not None else cache_root() / "proposals"
+        self.folder = base / self.dataset_key / f"{backend_name}-{config_hash(self.config)}"
+        self.records_path = self.folder / RECORDS_FILE
+        self._build_hint = build_command(dataset, backend_name)
+        self._index: dict[Any, tuple[int, int]] = {}
+        self._valid_bytes = 0
+        self._index_state: tuple[int, int] | None = None
+        self._handle = None
+
+    # ----------------------------------------------------------------- index
+    def _refresh(self) -> None:
+        """(Re)build the offset index when the records file changed since the last look."""
+        try:
+            stat = self.records_path.stat()
+        except FileNotFoundError:
+            self._index, self._valid_bytes, self._index_state = {}, 0, None
+            return
+        state = (stat.st_size, stat.st_mtime_ns)
+        if state == self._index_state:
+            return
+        with open(self.records_path, "rb") as handle:
+            data = handle.read()
+        index: dict[Any, tuple[int, int]] = {}
+        offset = 0
+        number = 0
+        valid = 0
+        while offset < len(data):
+            number += 1
+            end = data.find(b"\n", offset)
+            if end < 0:  # a torn last line: an append that did not finish
+                break
+            line = data[offset:end]
+            if line.strip():
+                match = _IMAGE_ID.search(line)
+                if match is None:
+                    raise DataError(
+                        f"{self.records_path} line {number} is corrupt (no image_id); delete that "
+                        f"file and rerun `{self._build_hint}`"
+                    )
+                index[json.loads(match.group(1))] = (offset, end - offset)
+            offset = end + 1
+            valid = offset
+        self._index, self._valid_bytes, self._index_state = index, valid, state
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def images_done(self) -> set:
+        """Ids of the images whose proposals are stored."""
+        self._refresh()
+        return set(self._index)
+
+    def bytes_per_image(self) -> float:
+        """Mean size on disk of one image's record, in bytes (0 when empty)."""
+        self._refresh()
+        return self._valid_bytes / len(self._index) if self._index else 0.0
+
+    def __contains__(self, image_id: Any) -> bool:
+        self._refresh()
+        return image_id in self._index
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._index)
+
+    # ------------------------------------------------------------------ read
+    def record(self, image_id: Any) -> dict[str, Any]:
+        """The stored record of one image: height, width and the RLEs (counts as str)."""
+        self._refresh()
+        if image_id not in self._index:
+            raise DataError(
+                f"image {image_id!r} has no proposals in {self.folder}; run `{self._build_hint}`"
+            )
+        offset, length = self._index[image_id]
+        if self._handle is None:
+            self._handle = open(self.records_path, "rb")
+        self._handle.seek(offset)
+        line = self._handle.read(length)
+        try:
+            record = json.loads(line)
+            rles = record["rles"]
+            height, width = int(record["height"]), int(record["width"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(
+                f"{self.records_path}: the record of image {image_id!r} is corrupt; delete that "
+                f"file and rerun `{self._build_hint}`"
+            ) from None
+        return {"image_id": image_id, "height": height, "width": width, "rles": rles}
+
+    def load(self, image_id: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Proposals of one image as a bool tensor [P, H, W] (original size, or `size` by nearest).
+
+        P is the config's `max_proposals`; missing proposals are empty masks at the end. Nearest
+        resizing follows PyTorch's rule. The tensor is a transposed view of column-major
+        storage (call ``.contiguous()`` if a kernel needs row-major memory).
+        """
+        record = self.record(image_id)
+        height, width = record["height"], record["width"]
+        out_h, out_w = (height, width) if size is None else (int(size[0]), int(size[1]))
+        strings = record["rles"][: self.max_proposals]
+        try:
+            if (out_h, out_w) == (height, width):
+                rles = [{"size": [height, width], "counts": c} for c in strings]
+                masks = decode_masks(rles, height, width).transpose(0, 2, 1)  # [N, W, H]
+            else:
+                masks = decode_resized_columns(strings, height, width, out_h, out_w)
+        except Exception as error:  # noqa: BLE001 - a damaged RLE string fails in many ways
+            raise DataError(
+                f"{self.records_path}: the masks of image {image_id!r} cannot be decoded "
+                f"({type(error).__name__}); delete that file and rerun `{self._build_hint}`"
+            ) from None
+        # filled column-major (how RLE runs), returned as a transposed view: no extra copy
+        out = np.zeros((self.max_proposals, out_w, out_h), dtype=bool)
+        out[: len(masks)] = masks
+        return torch.from_numpy(out).transpose(1, 2)
+
+    # ----------------------------------------------------------------- write
+    def _prepare(self) -> None:
+        ensure_dir(self.folder, "proposal cache folder")
+        config_path = self.folder / CONFIG_FILE
+        wanted = {"backend": self.backend_name, "dataset": self.dataset_key, "config": self.config}
+        if config_path.exists():
+            if read_json(config_path, "proposal config") != json.loads(json.dumps(wanted, default=str)):
+                raise DataError(
+                    f"{config_path} does not match this store's config; delete {self.folder}"
+                )
+        else:
+            atomic_write_json(config_path, json.loads(json.dumps(wanted, default=str)))
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append whole image records {image_id, height, width, rles} (one flush per call)."""
+        self._prepare()
+        self._refresh()
+        if self.records_path.exists() and self.records_path.stat().st_size > self._valid_bytes:
+            os.truncate(self.records_path, self._valid_bytes)  # drop a torn last line first
+        with open(self.records_path, "a", encoding="utf-8") as handle:
+            append_jsonl(handle, records)
+        self._refresh()
+
+    def build(
+        self,
+        dataset: Any,
+        backend: Any,
+        progress: bool = True,
+        image_ids: Iterable[Any] | None = None,
+    ) -> int:
+        """Compute proposals for every image of `dataset` not stored yet; returns how many.
+
+        `backend.propose_batch(images) -> list[list[RLE]]` gives each image's post-processed
+        proposals. Each finished batch is appended and flushed, so an interrupted build keeps
+        its work and the next call continues where it stopped.
+        """
+        wanted = list(dataset.image_ids if image_ids is None else image_ids)
+        with exclusive_lock(self.folder / ".lock", f"proposal cache {self.folder}"):
+            self._prepare()
+            done = self.images_done()
+            todo = [i for i in wanted if i not in done]
+            batch_size = max(1, int(getattr(backend, "batch_size", 1)))
+            with _progress(progress, len(todo), f"proposals {self.backend_name}") as advance:
+                for start in range(0, len(todo), batch_size):
+                    ids = todo[start:start + batch_size]
+                    images = [dataset.load_image(i) for i in ids]
+                    results = backend.propose_batch(images)
+                    records = []
+                    for image_id, image, rles in zip(ids, images, results):
+                        records.append({"image_id": image_id, "height": int(image.shape[0]),
+                                        "width": int(image.shape[1]),
+                                        "rles": [r["counts"] for r in rles]})
+                    self.append(records)
+                    advance(len(ids))
+        return len(todo)
+
+    def close(self) -> None:
+        """Close the read handle (reopened on demand)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class _progress:
+    """A rich progress bar (or nothing) yielding an `advance(n)` callable."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled or self.total == 0:
+            return lambda n: None
+        from rich.progress import Progress
+
+        self._bar = Progress()
+        self._bar.__enter__()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda n: self._bar.update(task, advance=n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def find_stores(dataset: Any, backend_name: str, root: str | Path | None = None) -> list[Path]:
+    """Folders of the stores of `backend_name` built for `dataset`'s refs file."""
+    base = (Path(root) if root is not None else cache_root() / "proposals") / dataset_key(dataset)
+    if not base.is_dir():
+        return []
+    prefix = f"{backend_name}-"
+    return sorted(p for p in base.iterdir()
+                  if p.is_dir() and p.name.startswith(prefix)
+                  and re.fullmatch(r"[0-9a-f]{10}", p.name[len(prefix):])
+                  and (p / CONFIG_FILE).is_file())
+
+
+def open_store(folder: Path, dataset: Any) -> ProposalStore:
+    """The store kept in `folder` (its config read from config.json)."""
+    saved = read_json(folder / CONFIG_FILE, "proposal config")
+    try:
+        backend_name, config = saved["backend"], saved["config"]
+    except (KeyError, TypeError):
+        raise DataError(f"{folder / CONFIG_FILE} is not a proposal config; delete {folder}") from None
+    return ProposalStore(dataset, backend_name, config, root=folder.parent.parent)
+
+
+def load_proposals(
+    dataset: Any,
+    backend_name: str,
+    config: dict[str, Any] | None = None,
+    root: str | Path | None = None,
+    require_complete: bool = True,
+) -> ProposalStore:
+    """The proposals of `dataset` from `backend_name`; a `DataError` naming the build command if missing.
+
+    Without `config`, the single store of that backend is used (several: pass `config`).
+    """
+    hint = build_command(dataset, backend_name)
+    if config is not None:
+        store = ProposalStore(dataset, backend_name, config, root=root)
+        if not (store.folder / CONFIG_FILE).is_file():
+            raise DataError(f"no {backend_name} proposals with this config at {store.folder}; "
+                            f"run `{hint}`")
+    else:
+        folders = find_stores(dataset, backend_name, root)
+        if not folders:
+            raise DataError(f"no {backend_name} proposals for {dataset_key(dataset)}; run `{hint}`")
+        if len(folders) > 1:
+            names = ", ".join(p.name for p in folders)
+            raise ConfigError(f"several {backend_name} proposal stores for {dataset_key(dataset)} "
+                              f"({names}); pass the config to choose one or delete the others")
+        store = open_store(folders[0], dataset)
+    if require_complete:
+        done = store.images_done()
+        missing = [i for i in dataset.image_ids if i not in done]
+        if missing:
+            raise DataError(f"{len(missing)} images of {getattr(dataset.info, 'id', '')} "
+                            f"(first: {missing[0]!r}) have no {backend_name} proposals in "
+                            f"{store.folder}; run `{hint}`")
+    return store

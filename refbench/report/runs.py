@@ -1,0 +1,110 @@
+"""Finished run folders as the report tools see them (format: docs/runs.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refbench.errors import DataError
+from refbench.io import read_json, read_jsonl
+
+
+@dataclass
+class Run:
+    """One finished run folder: its config, environment and metrics; predictions on demand."""
+
+    path: Path
+    config: dict[str, Any]
+    env: dict[str, Any]
+    metrics: dict[str, Any]
+    _records: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", "?"))
+
+    @property
+    def split(self) -> str:
+        return str(self.metrics.get("split") or self.config.get("split") or "?")
+
+    @property
+    def protocol(self) -> str:
+        return str(self.metrics.get("protocol") or self.config.get("protocol") or "?")
+
+    @property
+    def sentences(self) -> str:
+        return str(self.metrics.get("sentences") or self.config.get("sentences") or "?")
+
+    @property
+    def started_at(self) -> str:
+        """When the run started (env.json), else the folder name, which starts with the time."""
+        return str(self.env.get("started_at") or self.path.name)
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        value = self.config.get("checkpoint_sha256")
+        return str(value) if value else None
+
+    @property
+    def config_digest(self) -> str:
+        """A short hash of the resolved model config: runs of one model with other settings differ."""
+        text = json.dumps(self.config.get("model_config", {}), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def records(self) -> list[dict[str, Any]]:
+        """predictions.jsonl, one record per expression key (the first line of a key wins), by key.
+
+        Sharded or resumed runs may hold a key twice; the runner scores the first, so do we.
+        """
+        if self._records is None:
+            path = self.path / "predictions.jsonl"
+            if not path.is_file():
+                raise DataError(f"run {self.path} has no predictions.jsonl; it cannot be resampled")
+            raw, _ = read_jsonl(path)
+            unique: dict[str, dict[str, Any]] = {}
+            for index, record in enumerate(raw):
+                if "key" not in record:
+                    raise DataError(f"{path} record #{index} has no 'key'; see docs/runs.md")
+                unique.setdefault(str(record["key"]), record)
+            self._records = [unique[key] for key in sorted(unique)]
+        return self._records
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a finished run folder; an unfinished one is a `DataError` naming it."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path} is not a run folder (no config.json); see docs/runs.md")
+    if not (path / "metrics.json").is_file():
+        raise DataError(
+            f"run {path} is unfinished (no metrics.json); finish it with `refbench eval --resume "
+            f"{path}` or re-score it with `refbench score {path}`"
+        )
+    config = read_json(path / "config.json", "run config")
+    env_path = path / "env.json"
+    env = read_json(env_path, "run environment") if env_path.is_file() else {}
+    metrics = read_json(path / "metrics.json", "run metrics")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
+        raise DataError(f"{path / 'metrics.json'} has no 'metrics' table; re-score with `refbench score {path}`")
+    return Run(path=path, config=config, env=env, metrics=metrics)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run folder at or below `paths` (a folder holding config.json is a run), by path."""
+    found: dict[Path, None] = {}
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise DataError(f"run folder {root} does not exist")
+        if (root / "config.json").is_file():
+            found[root] = None
+            continue
+        folders = sorted(p.parent for p in root.rglob("config.json"))
+        if not folders:
+            raise DataError(f"no run folders (with config.json) under {root}; see docs/runs.md")
+        for folder in folders:
+            found[folder] = None
+    return [load_run(path) for path in found]

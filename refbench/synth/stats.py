@@ -1,0 +1,177 @@
+"""What a SynthRef split holds and the chance levels a result on it must beat.
+
+Chance levels are expected PointM (the ground-truth mask at the predicted peak), averaged over
+every sentence of the split, overall and per template:
+
+- ``random_point``: the peak is a uniformly random pixel, so PointM = target area / image area.
+- ``random_object``: the peak falls on one of the image's objects chosen uniformly: 1 / #objects.
+- ``shape_only``: a model that understands only the target's shape word (the head noun) picks
+  uniformly among the objects of that shape: 1 / #objects with the target's shape.
+- ``colour_shape_only``: a model that understands only the target's colour word (when the
+  sentence names one) and shape word picks uniformly among the objects with that colour and
+  shape: 1 / #objects matching them. Size, position, superlative and relation words are ignored.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from refbench.data.splits import get_split
+from refbench.errors import ConfigError, DataError
+from refbench.synth.grammar import TEMPLATES
+from refbench.synth.resolver import load_resolver
+from refbench.synth.variants import variant_of_dataset
+
+CHANCE_KEYS = ("random_point", "random_object", "shape_only", "colour_shape_only")
+_MAX_FALSE_NEGATIVE_PAIRS = 400_000
+
+_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool"}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Admits only plain containers and scalars."""
+
+    def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            import builtins
+
+            return getattr(builtins, name)
+        raise DataError(f"refs file refers to {module}.{name}; only plain data is allowed")
+
+
+def load_refs(path: Path) -> list[dict]:
+    """The refs of a refer-format pickle, read with a restricted unpickler."""
+    try:
+        with open(path, "rb") as handle:
+            return _PlainUnpickler(handle).load()
+    except FileNotFoundError:
+        raise DataError(f"refs file {path} does not exist") from None
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise DataError(f"refs file {path} is corrupt ({error})") from None
+
+
+def _chance(rows: list[dict]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) if rows else float("nan") for key in CHANCE_KEYS}
+
+
+def stats(data_root: Path, split_id: str) -> dict:
+    """Counts, template mix and chance levels of SynthRef split `split_id` (see module doc).
+
+    Keys: split, variant, version, images, refs, sentences, objects_per_image (mean),
+    objects_histogram {count: images}, refs_per_image, sentences_per_ref, distractor_rate
+    (share of sentences whose target shares shape or colour with another object),
+    lookalike_image_rate (share of images holding two objects of one colour and shape),
+    lookalike_sentence_rate (share of sentences whose target has such a twin),
+    sentence_length {mean, min, max} in words, template_mix {template: share},
+    false_negative_rate (share of (sentence, other image of the split) pairs where the sentence
+    also fits; estimated on a fixed sample when the split is large), overall {chance levels},
+    per_template {template: {chance levels, sentences}}.
+    """
+    info = get_split(split_id)
+    if not info.is_synthetic:
+        raise ConfigError(f"stats are computed for SynthRef splits only; {split_id!r} is not one")
+    params = variant_of_dataset(info.dataset)
+    data_root = Path(data_root)
+    refs = [r for r in load_refs(data_root / info.dataset / info.refs_file) if r["split"] == info.split]
+    if not refs:
+        raise DataError(f"{data_root / info.dataset} holds no refs of split {info.split!r}")
+    resolver = load_resolver(data_root, params.variant)
+    scenes = resolver.scene_records
+    rows: list[dict] = []
+    image_ids = sorted({r["image_id"] for r in refs})
+    for ref in refs:
+        objects = scenes[str(ref["image_id"])]
+        target = next(o for o in objects if o["ann_id"] == ref["ann_id"])
+        twins = sum(o["shape"] == target["shape"] and o["colour"] == target["colour"] for o in objects)
+        shares = sum(o["shape"] == target["shape"] or o["colour"] == target["colour"] for o in objects)
+        for sentence in ref["sentences"]:
+            named = resolver.meaning(sentence["sent_id"]).target
+            same_shape = sum(o["shape"] == named.shape for o in objects)
+            same_colour_shape = sum(
+                o["shape"] == named.shape and (named.colour is None or o["colour"] == named.colour)
+                for o in objects
+            )
+            rows.append(
+                {
+                    "template": sentence["template"],
+                    "sent_id": sentence["sent_id"],
+                    "length": len(sentence["tokens"]),
+                    "area": target["area"],
+                    "random_object": 1.0 / len(objects),
+                    "shape_only": 1.0 / same_shape,
+                    "colour_shape_only": 1.0 / same_colour_shape,
+                    "distractor": shares > 1,
+                    "lookalike": twins > 1,
+                }
+            )
+    side = float(_image_side(data_root, info.dataset))
+    for row in rows:
+        row["random_point"] = row["area"] / (side * side)
+    lengths = [r["length"] for r in rows]
+    templates = Counter(r["template"] for r in rows)
+    counts = Counter(len(scenes[str(i)]) for i in image_ids)
+    lookalike_images = sum(
+        1
+        for i in image_ids
+        if len({(o["shape"], o["colour"]) for o in scenes[str(i)]}) < len(scenes[str(i)])
+    )
+    return {
+        "split": split_id,
+        "variant": params.variant,
+        "version": resolver_version(data_root, info.dataset),
+        "images": len(image_ids),
+        "refs": len(refs),
+        "sentences": len(rows),
+        "objects_per_image": float(np.mean([len(scenes[str(i)]) for i in image_ids])),
+        "objects_histogram": {int(k): int(v) for k, v in sorted(counts.items())},
+        "refs_per_image": len(refs) / len(image_ids),
+        "sentences_per_ref": len(rows) / len(refs),
+        "distractor_rate": float(np.mean([r["distractor"] for r in rows])),
+        "lookalike_image_rate": lookalike_images / len(image_ids),
+        "lookalike_sentence_rate": float(np.mean([r["lookalike"] for r in rows])),
+        "sentence_length": {
+            "mean": float(np.mean(lengths)),
+            "min": int(min(lengths)),
+            "max": int(max(lengths)),
+        },
+        "template_mix": {t: templates.get(t, 0) / len(rows) for t in TEMPLATES},
+        "false_negative_rate": _false_negative_rate(resolver, refs, image_ids),
+        "overall": _chance(rows),
+        "per_template": {
+            t: {**_chance([r for r in rows if r["template"] == t]), "sentences": templates.get(t, 0)}
+            for t in TEMPLATES
+        },
+    }
+
+
+def _image_side(data_root: Path, dataset: str) -> int:
+    from refbench.io import read_json
+
+    return int(read_json(data_root / dataset / "info.json", "SynthRef info")["params"]["size"])
+
+
+def resolver_version(data_root: Path, dataset: str) -> str:
+    """The generator version recorded in the data set."""
+    from refbench.io import read_json
+
+    return str(read_json(data_root / dataset / "info.json", "SynthRef info")["version"])
+
+
+def _false_negative_rate(resolver, refs: list[dict], image_ids: list[int]) -> float:
+    """Share of (sentence, other image) pairs where the sentence also fits the other image."""
+    pairs = [(s["sent_id"], r["image_id"]) for r in refs for s in r["sentences"]]
+    rng = np.random.default_rng(0)
+    if len(pairs) * len(image_ids) > _MAX_FALSE_NEGATIVE_PAIRS:
+        images = sorted(rng.choice(image_ids, size=min(len(image_ids), 400), replace=False).tolist())
+        pick = rng.choice(len(pairs), size=min(len(pairs), _MAX_FALSE_NEGATIVE_PAIRS // len(images)), replace=False)
+        pairs = [pairs[k] for k in sorted(pick)]
+    else:
+        images = image_ids
+    fits = resolver.matrix([s for s, _ in pairs], images)
+    own = np.array([[img == other for other in images] for _, img in pairs])
+    off = ~own
+    return float(fits[off].mean()) if off.any() else float("nan")
