@@ -207,7 +207,7 @@ class RISModel(nn.Module):
             )
         config = dict(state.get("config", {}))
         config.update(overrides)
-        model = cls.from_config(config)
+        model = cls.from_checkpoint_config(config)
         try:
             model.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -217,6 +217,15 @@ class RISModel(nn.Module):
                 "was it trained with other config overrides?"
             ) from None
         return model
+
+    @classmethod
+    def from_checkpoint_config(cls, config: Mapping[str, Any]) -> RISModel:
+        """The model a checkpoint's weights are loaded into; by default `from_config`.
+
+        A plugin whose config names pretrained weights (downloaded or read at construction)
+        overrides this to skip them, since the checkpoint replaces every parameter.
+        """
+        return cls.from_config(config)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """A dict that `from_checkpoint` reads back: format, model name, config, weights."""
