@@ -13,6 +13,7 @@ without it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -119,7 +120,6 @@ class TRIS(TrainableModel):
                     f"calibration_clip {cfg['calibration_clip']!r} is not an open_clip model; "
                     "use a name from open_clip.list_models(), e.g. ViT-B-32"
                 )
-        self.from_trained_checkpoint = not load_pretrained
         self.backbone = ClipBackbone(
             arch=cfg["backbone"],
             weights=cfg["backbone_weights"] if load_pretrained else None,
@@ -156,8 +156,9 @@ class TRIS(TrainableModel):
     def weights_description(self) -> str:
         """Backbone weights and what the calibration CLIP is, said in every run."""
         init = self.backbone.weights_description
-        if self.from_trained_checkpoint:
-            init = f"trained TRIS checkpoint (backbone initialised from {self.config['backbone_weights'] or 'random init'})"
+        if self.checkpoint_path is not None:
+            initial = self.config["backbone_weights"] or "random init"
+            init = f"checkpoint {Path(self.checkpoint_path).name} (backbone initialised from {initial})"
         positive, negative = self.calibration_weights
         if self.config["calibration_clip_weights"] is None:
             calibration = (
