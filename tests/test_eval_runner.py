@@ -207,3 +207,35 @@ def test_every_refcoco_family_split_of_the_tiny_fixture(tmp_path, sentences):
             on_any = any(fixture["masks"][a][y, x]
                          for a in fixture["annotation_ids"][record["image_id"]])
             assert record["on_background"] == (not on_any)
+
+
+def test_saved_maps_hold_each_expression_and_stage_at_model_resolution(tmp_path, plugin, data):
+    import zlib
+    from pathlib import Path
+
+    import torch
+
+    from refbench import create_model
+    from refbench.eval.runner import evaluate
+
+    result = evaluate(create_model("evaltest", stages=3), _dataset(tmp_path), save_maps=True,
+                      out_dir=tmp_path / "runs", progress=False)
+    folder = Path(result["run_dir"]) / "maps"
+    records = _records(Path(result["run_dir"]))
+    assert sorted(p.stem for p in folder.glob("*.npz")) == sorted(
+        {str(r["image_id"]) for r in records}
+    )
+    seen = 0
+    for path in folder.glob("*.npz"):
+        with np.load(path) as saved:
+            assert saved["response"].shape[1:] == (8, 8) and saved["stages"].shape[1:] == (3, 8, 8)
+            for index, key in enumerate(saved["keys"]):
+                # the test model's map: randn seeded by the key; stage s = map rolled by s
+                generator = torch.Generator().manual_seed(zlib.crc32(str(key).encode()))
+                expected = torch.randn(8, 8, generator=generator).numpy()
+                np.testing.assert_allclose(saved["response"][index], expected, atol=2e-3, rtol=1e-3)
+                np.testing.assert_allclose(
+                    saved["stages"][index, 2], np.roll(expected, 2, axis=-1), atol=2e-3, rtol=1e-3
+                )
+                seen += 1
+    assert seen == len(records)

@@ -125,6 +125,8 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
 @click.option("--out", "out_dir", default="runs", show_default=True, help="Runs root folder.")
 @click.option("--resume", "resume_dir", default=None, help="Continue this unfinished run folder.")
 @click.option("--save-masks", is_flag=True, help="Store each predicted mask as COCO RLE.")
+@click.option("--save-maps", "--stages", "save_maps", is_flag=True,
+              help="Keep every response map and each stage's map (maps/<image_id>.npz).")
 @click.option("--proposals", default=None, help="Proposal backend for Segmentor/Oracle rows.")
 @click.option("--cues", default=None, help="Cue backend for models that read cues.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
@@ -135,8 +137,8 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
 def eval_command(
     model_name: str, split: str, data_root: str | None, checkpoint: str | None, protocol: str,
     sentences: str, batch_size: int, num_workers: int, device: str, out_dir: str,
-    resume_dir: str | None, save_masks: bool, proposals: str | None, cues: str | None,
-    seed: int, set_pairs: tuple[str, ...], allow_random_weights: bool,
+    resume_dir: str | None, save_masks: bool, save_maps: bool, proposals: str | None,
+    cues: str | None, seed: int, set_pairs: tuple[str, ...], allow_random_weights: bool,
 ) -> None:
     """Evaluate a model on a split; leave a run folder and print the metrics."""
     from rich.console import Console
@@ -161,7 +163,8 @@ def eval_command(
     result = evaluate(
         model, dataset, protocol=protocol, sentences=sentences, batch_size=batch_size,
         device=device, num_workers=num_workers, out_dir=out_dir, run_dir=resume_dir,
-        save_masks=save_masks, proposals=proposals, cues=cues, seed=seed, progress=True,
+        save_masks=save_masks, save_maps=save_maps, proposals=proposals, cues=cues, seed=seed,
+        progress=True,
         checkpoint=checkpoint,
     )
     if int(os.environ.get("RANK", "0")) != 0:

@@ -27,7 +27,7 @@ from refbench.errors import ConfigError, RefbenchError
 from refbench.eval import distributed
 from refbench.eval.provenance import environment
 from refbench.eval.run_folder import METRICS_FILE, PREDICTIONS_FILE, open_run
-from refbench.io import append_jsonl, atomic_write_json, read_jsonl
+from refbench.io import append_jsonl, atomic_write_json, atomic_writer, read_jsonl
 
 
 def seed_everything(seed: int) -> None:
@@ -200,6 +200,30 @@ class Scorer:
         return records
 
 
+MAPS_FOLDER = "maps"
+
+
+def save_response_maps(folder: Path, prediction: Any, metas: list[dict[str, Any]]) -> None:
+    """One ``<image_id>.npz`` per image: ``keys`` [E], ``response`` [E, h, w] and, for
+    multi-stage models, ``stages`` [E, N, h, w], float16 at the model's resolution."""
+    start = 0
+    for meta in metas:
+        keys = [e.key for e in meta["expressions"]]
+        stop = start + len(keys)
+        arrays = {
+            "keys": np.array(keys),
+            "response": prediction.response_maps[start:stop].float().cpu().numpy().astype(
+                np.float16
+            ),
+        }
+        if prediction.stage_maps is not None:
+            stages = prediction.stage_maps[start:stop].float().cpu().numpy()
+            arrays["stages"] = stages.astype(np.float16)
+        with atomic_writer(folder / f"{meta['image_id']}.npz", "maps folder") as handle:
+            np.savez_compressed(handle, **arrays)
+        start = stop
+
+
 def compute_metrics(
     records: list[dict[str, Any]], run_config: dict[str, Any]
 ) -> dict[str, Any]:
@@ -286,6 +310,7 @@ def run_config(
     save_masks: bool,
     checkpoint: str | Path | None,
     num_expressions: int,
+    save_maps: bool = False,
     chance: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The config.json of a run (see docs/runs.md)."""
@@ -307,6 +332,7 @@ def run_config(
             "device": str(device),
             "seed": int(seed),
             "save_masks": bool(save_masks),
+            "save_maps": bool(save_maps),
             "num_expressions": int(num_expressions),
             "chance": chance,
         }
@@ -331,13 +357,15 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    save_maps: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` on `dataset` into a run folder; return the metrics.json content.
 
     `out_dir` is the runs root (``runs/``); `run_dir` resumes that folder explicitly; with
     `resume`, an unfinished run with the same config under `out_dir` is continued. The
     returned dict also holds ``run_dir`` (not written to metrics.json). Under torchrun each
-    rank scores ``images[rank::world_size]`` and rank 0 writes the folder.
+    rank scores ``images[rank::world_size]`` and rank 0 writes the folder. `save_maps` keeps
+    every response map (and each stage's map) at the model's resolution under ``maps/``.
     """
     from refbench.metrics.protocols import SENTENCE_MODES, get_protocol
 
@@ -355,7 +383,7 @@ def evaluate(
             model, dataset, ctx, protocol=protocol, sentences=sentences, batch_size=batch_size,
             device=device, num_workers=num_workers, out_dir=out_dir, run_dir=run_dir,
             resume=resume, save_masks=save_masks, proposals=proposals, cues=cues, seed=seed,
-            progress=progress, checkpoint=checkpoint,
+            progress=progress, checkpoint=checkpoint, save_maps=save_maps,
         )
     finally:
         distributed.teardown(ctx)
@@ -366,6 +394,7 @@ def _evaluate(
     sentences: str, batch_size: int, device: str, num_workers: int, out_dir: str | Path,
     run_dir: str | Path | None, resume: bool, save_masks: bool, proposals: str | None,
     cues: str | None, seed: int, progress: bool, checkpoint: str | Path | None,
+    save_maps: bool = False,
 ) -> dict[str, Any]:
     groups = dataset.expressions_by_image(sentences)
     if model.num_cues > 0:
@@ -385,7 +414,7 @@ def _evaluate(
     config = run_config(
         model, dataset, protocol=protocol, sentences=sentences, proposals=proposals, cues=cues,
         batch_size=batch_size, device=device, seed=seed, save_masks=save_masks,
-        checkpoint=checkpoint, num_expressions=num_expressions,
+        checkpoint=checkpoint, num_expressions=num_expressions, save_maps=save_maps,
         chance=_chance(dataset) if ctx.is_main else None,
     )
 
@@ -436,6 +465,8 @@ def _evaluate(
                             prediction = model.predict(batch)
                         prediction.check(batch)
                         records = scorer(prediction, metas)
+                        if save_maps:
+                            save_response_maps(folder / MAPS_FOLDER, prediction, metas)
                     records = distributed.gather_to_main(records, ctx)
                     if handle is not None and records:
                         append_jsonl(handle, records)
