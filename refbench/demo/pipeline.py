@@ -444,6 +444,13 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
 
     result = DemoResult()
     device = check_device(options.device)
+    probes: dict[str, Any] = {}
+
+    def probe_of(spec: ModelSpec) -> Any:
+        """The spec's model at its initial weights (config, num_cues), built once."""
+        if spec.label not in probes:
+            probes[spec.label] = get_model_class(spec.name).from_config(dict(spec.overrides))
+        return probes[spec.label]
 
     def record(name: str, status: str, seconds: float, detail: str = "") -> None:
         result.steps.append(StepRecord(name, status, seconds, detail))
@@ -466,8 +473,7 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
     start = time.perf_counter()
     built = 0
     cue_tables: dict[str, Any] = {}
-    max_cues = max(int(get_model_class(s.name).from_config(dict(s.overrides)).num_cues)
-                   for s in options.models)
+    max_cues = max(int(probe_of(s).num_cues) for s in options.models)
     for split, dataset in datasets.items():
         table, stats = build_cues_with_stats(dataset, get_backend(configs.CUE_BACKEND),
                                              max(1, max_cues), progress=False)
@@ -477,10 +483,7 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
            f"{built} built")
 
     # 3. proposals
-    num_proposals = max(
-        int(get_model_class(s.name).from_config(dict(s.overrides)).config.get("num_proposals", 0))
-        for s in options.models
-    )
+    num_proposals = max(int(probe_of(s).config.get("num_proposals", 0)) for s in options.models)
     start = time.perf_counter()
     stores: dict[str, Any] = {}
     made = 0
@@ -513,8 +516,7 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
     for spec in models:
         display.start(f"train {spec.label}")
         start = time.perf_counter()
-        cls = get_model_class(spec.name)
-        probe = cls.from_config(dict(spec.overrides))
+        probe = probe_of(spec)
         wants_proposals = int(probe.config.get("num_proposals", 0)) > 0
         outcome = train_model(
             spec, train_root, datasets[configs.TRAIN_SPLIT], datasets[configs.VAL_SPLIT],
