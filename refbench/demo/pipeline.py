@@ -617,3 +617,55 @@ def _budgeted(
         epochs = max(1, math.ceil(steps / per_epoch))  # the LR schedule spans the budget
         budgeted.append(ModelSpec(spec.name, spec.label, dict(spec.overrides), epochs, steps))
     return budgeted
+
+
+def check_device_name(device: str) -> str:
+    """`device` if usable here (a `ConfigError` for CUDA without a GPU)."""
+    from refbench.cli.eval import check_device
+
+    return check_device(device)
+
+
+class PreparedInputs:
+    """Template cues and felzenszwalb proposals of some splits, built (or read) once."""
+
+    def __init__(self, specs: Sequence[ModelSpec], datasets: Sequence[Any]) -> None:
+        from refbench.cues import build_cues, get_backend
+        from refbench.proposals import ProposalStore, default_min_area
+        from refbench.proposals import get_backend as proposal_backend
+
+        self._probes: dict[str, Any] = {}
+        max_cues = max(1, max(int(self.probe(s).num_cues) for s in specs))
+        num_proposals = max(int(self.probe(s).config.get("num_proposals", 0)) for s in specs)
+        self.cues = {d.info.id: build_cues(d, get_backend(configs.CUE_BACKEND), max_cues,
+                                           progress=False) for d in datasets}
+        engine = proposal_backend(configs.PROPOSAL_BACKEND, max_proposals=max(1, num_proposals),
+                                  min_area=default_min_area(True))
+        self.stores = {}
+        for dataset in datasets:
+            store = ProposalStore(dataset, configs.PROPOSAL_BACKEND, engine.config())
+            store.build(dataset, engine, progress=False)
+            self.stores[dataset.info.id] = store
+
+    def probe(self, spec: ModelSpec) -> Any:
+        """The spec's model at initial weights, built once."""
+        key = digest([spec.name, spec.overrides])
+        if key not in self._probes:
+            from refbench.registry import get_model_class
+
+            self._probes[key] = get_model_class(spec.name).from_config(dict(spec.overrides))
+        return self._probes[key]
+
+    def cues_for(self, spec: ModelSpec, dataset: Any) -> Any:
+        """The cue table of `dataset` when `spec` reads cues, else None."""
+        return self.cues[dataset.info.id] if self.probe(spec).num_cues else None
+
+    def proposals_for(self, spec: ModelSpec, dataset: Any) -> Any:
+        """The proposal store of `dataset` when `spec` trains with proposals, else None."""
+        wants = int(self.probe(spec).config.get("num_proposals", 0)) > 0
+        return self.stores[dataset.info.id] if wants else None
+
+
+def prepare_inputs(specs: Sequence[ModelSpec], datasets: Sequence[Any]) -> PreparedInputs:
+    """Build (or read) the cues and proposals `specs` need on `datasets`."""
+    return PreparedInputs(specs, datasets)
