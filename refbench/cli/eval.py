@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from refbench.cli.options import data_root_option
 from refbench.errors import ConfigError, DataError, OutputError
 
 METRIC_ORDER = (
@@ -45,21 +46,10 @@ def check_device(device: str) -> str:
 
 
 def open_dataset(split: str, data_root: str | None) -> Any:
-    """The split's reader; synth-* splits default to the cache-generated SynthRef."""
-    from refbench.data.refer import ReferDataset
-    from refbench.data.splits import get_split
+    """The split's reader (see refbench.data.roots for where its files are looked up)."""
+    from refbench.data.roots import open_split
 
-    info = get_split(split)
-    if data_root is None:
-        if not info.is_synthetic:
-            raise ConfigError(
-                f"split {split} needs --data-root: the folder holding {info.dataset}/"
-                f"{info.refs_file}, {info.dataset}/instances.json and the COCO images"
-            )
-        from refbench.synth import ensure_synthref
-
-        data_root = str(ensure_synthref())
-    return ReferDataset(data_root, info)
+    return open_split(split, data_root)
 
 
 def build_model(
@@ -125,7 +115,7 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
 @click.command("eval")
 @click.option("--model", "model_name", required=True, help="Registered model name (refbench list).")
 @click.option("--split", required=True, help="Split id, e.g. refcocog-val-g or synth-val.")
-@click.option("--data-root", default=None, help="Folder holding the refer data (synth-*: cache).")
+@data_root_option
 @click.option("--checkpoint", default=None, help="A refbench checkpoint of this model.")
 @click.option("--protocol", default="tris", show_default=True, help="tris or sag.")
 @click.option("--sentences", default="all", show_default=True, help="all or first.")
