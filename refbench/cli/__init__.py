@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "compare": "report:compare_command",
     "show": "report:show_command",
     "curves": "report:curves_command",
+    "demo": "demo:demo_command",
+    "reproduce": "reproduce:reproduce_group",
 }
 
 
