@@ -236,7 +236,9 @@ def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[st
     with open(folder / "scenes.json", "w", encoding="utf-8") as handle:
         json.dump(scenes, handle, separators=(",", ":"))
     with open(folder / "refs(synth).p", "wb") as handle:
-        pickle.dump(refs, handle, protocol=2)
+        # Through JSON first: pickle memoises shared objects, and whether two equal strings are one
+        # object depends on which process built them; a canonical copy keeps the bytes fixed.
+        pickle.dump(json.loads(json.dumps(refs)), handle, protocol=2)
     summary = {**info, "counts": {"images": image_id, "refs": ref_id, "sentences": sent_id}}
     with open(folder / "info.json", "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, sort_keys=True)
