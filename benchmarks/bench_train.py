@@ -18,29 +18,20 @@ import json
 import resource
 import statistics
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Sentence:
-    sent_id: int
-    text: str
-    extra: dict | None = None
-
-
-@dataclass(frozen=True)
-class Ref:
-    ref_id: int
-    ann_id: int
-    image_id: int
-    sentences: tuple
+from refbench.data.refer import Ref, Sentence
 
 
 class RandomImages:
-    """An in-memory stand-in for a refer split: random images, `objects` refs per image."""
+    """An in-memory stand-in for a refer split: random images, `objects` refs per image.
+
+    It also stands in for the cue cache (each sentence's cumulative word prefixes) and the
+    proposal store (`load` gives P random rectangles), so models that read cues and proposals,
+    such as PCNet, are measured too.
+    """
 
     WORDS = ("red", "blue", "left", "right", "man", "dog", "chair", "small", "big", "near")
 
@@ -50,14 +41,22 @@ class RandomImages:
         self._images = {i: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                         for i in self.image_ids}
         self._refs = {}
+        self.cues: dict[str, tuple[str, ...]] = {}
+        self.num_proposals = 40
         sent = 0
         for i in self.image_ids:
             refs = []
             for j in range(objects):
                 words = rng.choice(self.WORDS, size=(2, 4))
-                sentences = tuple(Sentence(sent + k, " ".join(w)) for k, w in enumerate(words))
+                sentences = tuple(
+                    Sentence(sent + k, " ".join(w), {}) for k, w in enumerate(words)
+                )
                 sent += 2
-                refs.append(Ref(i * 100 + j, i * 100 + j, i, sentences))
+                refs.append(Ref(i * 100 + j, i * 100 + j, i, 1, "train", sentences))
+                for sentence in sentences:
+                    words_of = sentence.text.split()
+                    key = f"{i}:{i * 100 + j}:{sentence.sent_id}"
+                    self.cues[key] = tuple(" ".join(words_of[: n + 1]) for n in range(4))
             self._refs[i] = refs
 
     def refs_of_image(self, image_id: int) -> list:
@@ -65,6 +64,17 @@ class RandomImages:
 
     def load_image(self, image_id: int) -> np.ndarray:
         return self._images[image_id]
+
+    def load(self, image_id: int, size: tuple[int, int]) -> torch.Tensor:
+        """P random rectangles [P, H, W] bool, as a proposal store returns them."""
+        generator = torch.Generator().manual_seed(image_id)
+        height, width = size
+        corners = torch.rand(self.num_proposals, 4, generator=generator)
+        ys, xs = torch.arange(height)[:, None] / height, torch.arange(width)[None, :] / width
+        top, bottom = corners[:, 0].minimum(corners[:, 1]), corners[:, 0].maximum(corners[:, 1])
+        left, right = corners[:, 2].minimum(corners[:, 3]), corners[:, 2].maximum(corners[:, 3])
+        return ((ys >= top[:, None, None]) & (ys <= bottom[:, None, None])
+                & (xs >= left[:, None, None]) & (xs <= right[:, None, None]))
 
 
 def model_class(name: str) -> type:
@@ -104,21 +114,22 @@ def main() -> None:
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     cls = model_class(args.model)
+    if "warmup_steps" in cls.default_config():
+        overrides.setdefault("warmup_steps", 0)  # a short timed run is shorter than a warm-up
     torch.manual_seed(0)
     model = cls.from_config(overrides)
     batch = int(model.config["batch_size"])
     steps = args.warmup + args.steps
     dataset = RandomImages(batch * steps, args.objects, args.image_size)
-    if model.num_cues or int(model.config.get("num_proposals", 0)):
-        raise SystemExit("this skeleton has no cues/proposals stand-ins yet; set num_cues=0 "
-                         "and num_proposals=0, or extend RandomImages")
+    dataset.num_proposals = max(1, int(model.config.get("num_proposals", 0)))
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, dataset, out_dir=out, device=args.device, epochs=1,
                           max_steps=steps, num_workers=args.num_workers, progress=False,
-                          checkpoint_every=None)
+                          checkpoint_every=None, cues=dataset.cues if model.num_cues else None,
+                          proposals=dataset if model.config.get("num_proposals") else None)
         trainer._save = lambda name: None  # checkpoint writing is not what is measured
         trainer.fit()
         from refbench.io import read_jsonl

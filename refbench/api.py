@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from refbench.errors import CheckpointError, ConfigError, PredictionError
+from refbench.errors import CheckpointError, ConfigError, PredictionError, RefbenchError
 
 CHECKPOINT_FORMAT = "refbench-checkpoint/1"
 
@@ -163,6 +163,10 @@ class RISModel(nn.Module):
     """
 
     name: ClassVar[str] = "base"
+    # Config keys that change parameter shapes: a checkpoint refuses overrides of them.
+    architecture_keys: ClassVar[tuple[str, ...]] = ()
+    # Set by `from_checkpoint`: the file the weights came from (None = built from config).
+    checkpoint_path: str | None = None
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -185,7 +189,10 @@ class RISModel(nn.Module):
     @property
     def weights_description(self) -> str:
         """Which weights the model holds, said in every run (e.g. 'random init')."""
-        return str(self.config.get("weights", "random init"))
+        initial = str(self.config.get("weights", "random init"))
+        if self.checkpoint_path is None:
+            return initial
+        return f"checkpoint {Path(self.checkpoint_path).name} (initialised from {initial})"
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -198,16 +205,36 @@ class RISModel(nn.Module):
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
     ) -> RISModel:
-        """Rebuild a model from a checkpoint written by `checkpoint_state` (or the trainer)."""
+        """Rebuild a model from a checkpoint written by `checkpoint_state` (or the trainer).
+
+        Refused with a `CheckpointError` saying why: a checkpoint of another model, config keys
+        this version does not know, or an override of one of `architecture_keys` (the weights
+        only fit the value they were trained with).
+        """
         state = load_checkpoint_file(path, map_location)
         if state.get("model") != cls.name:
             raise CheckpointError(
                 f"checkpoint {path} was written by model {state.get('model')!r}, not {cls.name!r}; "
                 f"evaluate it with --model {state.get('model')}"
             )
-        config = dict(state.get("config", {}))
-        config.update(overrides)
-        model = cls.from_config(config)
+        stored = dict(state.get("config", {}))
+        unknown = sorted(set(stored) - set(cls.default_config()))
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint {path} has config keys model {cls.name!r} does not know "
+                f"({', '.join(unknown)}); it was written by another version of the plugin"
+            )
+        for key in cls.architecture_keys:
+            if key in overrides and key in stored and overrides[key] != stored[key]:
+                raise CheckpointError(
+                    f"checkpoint {path} was trained with {key}={stored[key]!r}, not "
+                    f"{overrides[key]!r}; its weights only fit {key}={stored[key]!r} "
+                    "(drop the override or train a new model)"
+                )
+        try:
+            model = cls.from_checkpoint_config({**stored, **overrides})
+        except RefbenchError as error:
+            raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from None
         try:
             model.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -216,7 +243,17 @@ class RISModel(nn.Module):
                 f"checkpoint {path} does not fit model {cls.name!r} with this config ({first}); "
                 "was it trained with other config overrides?"
             ) from None
+        model.checkpoint_path = str(path)
         return model
+
+    @classmethod
+    def from_checkpoint_config(cls, config: Mapping[str, Any]) -> RISModel:
+        """The model a checkpoint's weights are loaded into; by default `from_config`.
+
+        A plugin whose config names pretrained weights (downloaded or read at construction)
+        overrides this to skip them, since the checkpoint replaces every parameter.
+        """
+        return cls.from_config(config)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """A dict that `from_checkpoint` reads back: format, model name, config, weights."""

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from refbench.errors import DataError, OutputError
 
@@ -40,14 +40,19 @@ def ensure_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file and a rename."""
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, what: str = "output folder") -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces `path` only if the block finishes.
+
+    The data goes to a temp file in the same folder, is fsynced, then renamed over `path`; an
+    exception (or a crash) leaves the previous file untouched and no temp file behind.
+    """
     path = Path(path)
-    ensure_dir(path.parent)
+    ensure_dir(path.parent, what)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -55,6 +60,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file and a rename."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -85,3 +85,22 @@ def test_checkpoint_loading_refuses_foreign_and_unsafe_files(tmp_path):
     torch.save({"format": "refbench-checkpoint/1", "x": Evil()}, unsafe)
     with pytest.raises(CheckpointError, match="cannot be read safely"):
         load_checkpoint_file(unsafe)
+
+
+def test_checkpoint_refuses_unknown_keys_and_architecture_overrides(tmp_path):
+    class Sized(CenterPriorModel):
+        architecture_keys = ("map_size",)
+
+    path = tmp_path / "center.pt"
+    torch.save(Sized({"map_size": 5}).checkpoint_state(), path)
+    with pytest.raises(CheckpointError, match="trained with map_size=5, not 7"):
+        Sized.from_checkpoint(path, map_size=7)
+    loaded = Sized.from_checkpoint(path, sigma=0.5)  # a non-architecture override is fine
+    assert loaded.config["sigma"] == 0.5 and loaded.checkpoint_path == str(path)
+    assert loaded.weights_description.startswith("checkpoint center.pt")
+
+    state = torch.load(path, weights_only=True)
+    state["config"]["from_the_future"] = 1
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="does not know \\(from_the_future\\)"):
+        Sized.from_checkpoint(path)

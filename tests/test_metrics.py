@@ -615,3 +615,21 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path):
         assert list(result["metrics"]) == list(expected)
         for name, value in expected.items():
             assert result["metrics"][name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_select_proposal_fast_path_equals_scoring_every_proposal():
+    """Non-negative maps take a shortcut; it must pick what argmax_p max(map * p) picks."""
+    import numpy as np
+
+    from refbench.metrics.functional import select_proposal
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        maps = rng.integers(0, 4, size=(5, 9, 11)).astype(np.float32)  # many exact ties
+        if trial % 5 == 0:
+            maps[:] = 0.0
+        proposals = rng.random((6, 9, 11)) < rng.uniform(0.0, 0.4)
+        proposals[rng.integers(0, 6)] = False  # an empty proposal among them
+        reference = (maps[:, None] * proposals[None]).reshape(5, 6, -1).max(axis=2).argmax(axis=1)
+        chosen = select_proposal(torch.from_numpy(maps), torch.from_numpy(proposals))
+        assert chosen.tolist() == reference.tolist()

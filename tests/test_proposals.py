@@ -180,6 +180,15 @@ def test_felzenszwalb_recovers_each_coloured_shape():
         assert best > 0.8, (name, best)
 
 
+def test_felzenszwalb_workers_give_the_same_proposals_as_one_process():
+    image, _ = shapes_scene()
+    images = [image, np.ascontiguousarray(image[::-1]), np.ascontiguousarray(image[:, ::-1])]
+    serial = get_backend("felzenszwalb", min_area=0.0033, workers=1)
+    parallel = get_backend("felzenszwalb", min_area=0.0033, workers=2)
+    assert parallel.batch_size > 1 and parallel.config() == serial.config()
+    assert parallel.propose_batch(images) == serial.propose_batch(images)
+
+
 def test_felzenszwalb_on_a_real_photo_downscaled_work():
     from skimage import data
 

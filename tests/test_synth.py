@@ -141,6 +141,15 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert first["refs(synth).p"] != other["refs(synth).p"]
 
 
+def test_worker_processes_do_not_change_a_byte(tmp_path, monkeypatch):
+    images = {"train": 40, "val": 2, "test": 3}
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    parallel = _tree_digest(generate(tmp_path / "a", seed=3, images=images) / "synthref")
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    serial = _tree_digest(generate(tmp_path / "b", seed=3, images=images) / "synthref")
+    assert parallel == serial
+
+
 def test_test_split_does_not_depend_on_train_size(tmp_path):
     small = generate(tmp_path / "a", seed=1, images={"train": 2, "val": 2, "test": 3})
     large = generate(tmp_path / "b", seed=1, images={"train": 6, "val": 2, "test": 3})

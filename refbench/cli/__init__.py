@@ -17,15 +17,19 @@ from refbench.errors import RefbenchError
 
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
+    "compare": "report:compare_command",
     "cues": "cues:cues_group",
+    "curves": "report:curves_command",
     "data": "data:data_group",
+    "demo": "demo:demo_command",
+    "eval": "eval:eval_command",
+    "leaderboard": "report:leaderboard_command",
     "list": "listing:list_command",
     "proposals": "proposals:proposals_group",
-    "train": "train:train_command",
-    "leaderboard": "report:leaderboard_command",
-    "compare": "report:compare_command",
+    "reproduce": "reproduce:reproduce_group",
+    "score": "eval:score_command",
     "show": "report:show_command",
-    "curves": "report:curves_command",
+    "train": "train:train_command",
 }
 
 

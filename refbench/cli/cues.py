@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
-DATA_ROOT_ENV = "REFBENCH_DATA_ROOT"
-
-
-def _dataset(split: str, data_root: str | None):
-    from refbench.data.refer import ReferDataset
-
-    return ReferDataset(Path(data_root or os.environ.get(DATA_ROOT_ENV, "data")), split)
+from refbench.cli.options import data_root_option
+from refbench.data.roots import open_split
 
 
 @click.group("cues")
@@ -23,7 +15,7 @@ def cues_group() -> None:
 
 @cues_group.command("build")
 @click.option("--split", "split", required=True, help="split id, e.g. refcocog-train-g")
-@click.option("--data-root", default=None, help=f"data root (default ${DATA_ROOT_ENV} or ./data)")
+@data_root_option
 @click.option(
     "--backend",
     type=click.Choice(["auto", "heuristic", "llm", "template"]),
@@ -49,7 +41,7 @@ def build_command(
     """Build (or finish) the cue cache of a split; the API key comes from REFBENCH_LLM_API_KEY."""
     from refbench.cues import build_cues_with_stats, get_backend
 
-    dataset = _dataset(split, data_root)
+    dataset = open_split(split, data_root)
     cue_backend = get_backend(
         backend, concurrency=concurrency, base_url=base_url, model=llm_model, timeout=timeout
     )
@@ -64,11 +56,11 @@ def build_command(
 @cues_group.command("import")
 @click.option("--split", "split", required=True, help="split id, e.g. refcoco-val")
 @click.option("--from", "source", required=True, help="folder of PCNet's <ref_id>.json files")
-@click.option("--data-root", default=None, help=f"data root (default ${DATA_ROOT_ENV} or ./data)")
+@data_root_option
 def import_command(split: str, source: str, data_root: str | None) -> None:
     """Import the phrase files released with PCNet's code as backend ``pcnet-import``."""
     from refbench.cues import import_pcnet_phrases
 
-    dataset = _dataset(split, data_root)
+    dataset = open_split(split, data_root)
     count = import_pcnet_phrases(source, dataset)
     click.echo(f"imported PCNet phrases for {count} expressions of {split}")

@@ -6,15 +6,13 @@ from typing import Any
 
 import click
 
+from refbench.cli.options import data_root_option
+from refbench.data.roots import open_split
 from refbench.errors import ConfigError
 
 
 def _open_dataset(split: str, data_root: str | None) -> Any:
-    from refbench.data.refer import ReferDataset
-    from refbench.data.splits import get_split
-
-    get_split(split)  # an unknown split fails here, listing the valid ones
-    return ReferDataset(data_root, split)
+    return open_split(split, data_root)
 
 
 def _min_area(dataset: Any, min_area: float | None) -> float:
@@ -30,9 +28,6 @@ def _report(store: Any) -> None:
                f"{store.bytes_per_image() / 1024:.1f} KiB per image")
 
 
-data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False), envvar="REFBENCH_DATA", default=None,
-    help="Folder holding refcoco/, refcoco+/, refcocog/ and images (env REFBENCH_DATA).")
 min_area_option = click.option(
     "--min-area", type=float, default=None,
     help="Drop proposals under this many pixels (a value < 1 is a fraction of the image area). "

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from refbench.cli.options import data_root_option
 from refbench.errors import CheckpointError, ConfigError, DataError
 
 CHECKPOINT_NAME = "last.pt"
@@ -106,7 +107,7 @@ def false_negative_mask(dataset: Any) -> Any:
 @click.option("--model", "model_name", required=True, help="Registered model name (refbench list).")
 @click.option("--split", required=True, help="Training split id, e.g. refcocog-train-g.")
 @click.option("--val-split", default=None, help="Split scored at each epoch end (best.pt).")
-@click.option("--data-root", default=None, help="Folder holding the refer data (synth-*: cache).")
+@data_root_option
 @click.option("--config", "config_file", default=None, help="JSON file of model config keys.")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Model config override (JSON value); repeatable; applied after --config.")

@@ -127,11 +127,24 @@ def select_proposal(maps: Tensor, proposals: Tensor) -> Tensor:
     assert maps.shape[-2:] == proposals.shape[-2:], "maps and proposals differ in size"
     if proposals.shape[0] == 0:
         raise ValueError("select_proposal needs at least one proposal")
-    proposal_weights = proposals.flatten(1).to(maps.dtype)  # [P, N]
-    scores = torch.empty(maps.shape[0], proposals.shape[0], dtype=maps.dtype)
-    for e, response in enumerate(maps.flatten(1)):  # one [P, N] product at a time
-        scores[e] = (proposal_weights * response).amax(dim=1)
-    return scores.argmax(dim=1)
+    flat_proposals = proposals.flatten(1)  # [P, N]
+    if bool((maps < 0).any()):  # general case: score every proposal, O(E * P * N)
+        weights = flat_proposals.to(maps.dtype)
+        scores = torch.stack([(weights * response).amax(dim=1) for response in maps.flatten(1)])
+        return scores.argmax(dim=1)
+    # Non-negative maps (every protocol's normalised map): proposal p scores the largest map
+    # value it covers, so the winner is the lowest-index proposal covering a pixel that holds
+    # the largest covered value; O(E * N) instead of O(E * P * N).
+    covered = flat_proposals.any(dim=0)  # [N]
+    chosen = torch.zeros(maps.shape[0], dtype=torch.long)
+    for e, response in enumerate(maps.flatten(1)):
+        best = torch.where(covered, response, torch.zeros((), dtype=response.dtype)).max()
+        if best <= 0:  # every score is 0: argmax of equal scores is index 0
+            continue
+        pixels = (covered & (response == best)).nonzero()[:, 0]  # usually one pixel
+        holders = flat_proposals[:, pixels].any(dim=1)  # [P]
+        chosen[e] = int(holders.nonzero()[0, 0])
+    return chosen
 
 
 def pairwise_intersection_union(masks: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,8 +153,8 @@ def pairwise_intersection_union(masks: Tensor, gt: Tensor) -> tuple[Tensor, Tens
     gt_flat = gt.flatten(1).to(torch.float32)
     # Sums of 0/1 in float32 are exact below 2**24 pixels (a 4096 x 4096 image).
     inter = (gt_flat @ masks_flat.T).round().to(torch.int64)
-    area_masks = masks.flatten(1).sum(dim=1, dtype=torch.int64)
-    area_gt = gt.flatten(1).sum(dim=1, dtype=torch.int64)
+    area_masks = torch.count_nonzero(masks.flatten(1), dim=1)
+    area_gt = torch.count_nonzero(gt.flatten(1), dim=1)
     union = area_gt[:, None] + area_masks[None, :] - inter
     return inter, union
 

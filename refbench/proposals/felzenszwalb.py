@@ -7,6 +7,9 @@ proposals survive while identical segments found at two scales are de-duplicated
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,6 @@ class FelzenszwalbBackend:
     """Multi-scale Felzenszwalb segments as class-agnostic proposals (CPU, no weights)."""
 
     name = "felzenszwalb"
-    batch_size = 1
 
     def __init__(
         self,
@@ -37,6 +39,7 @@ class FelzenszwalbBackend:
         max_proposals: int = 40,
         min_area: float = PAPER_MIN_AREA,
         dedup_iou: float = 0.8,
+        workers: int | None = None,
     ) -> None:
         if not scales or any(float(s) <= 0 for s in scales):
             raise ConfigError(f"felzenszwalb scales must be positive numbers, got {scales!r}")
@@ -49,6 +52,10 @@ class FelzenszwalbBackend:
         self.max_proposals = int(max_proposals)
         self.min_area = float(min_area)
         self.dedup_iou = float(dedup_iou)
+        # Processes that segment images in parallel (default: every core); the output does not
+        # depend on it, so it is not part of the config.
+        self.workers = max(1, int(workers) if workers is not None else (os.cpu_count() or 1))
+        self.batch_size = 16 * self.workers if self.workers > 1 else 1
 
     def config(self) -> dict[str, Any]:
         """Everything that changes the output: hashed into the store's folder name."""
@@ -97,5 +104,9 @@ class FelzenszwalbBackend:
                                 self.dedup_iou)
 
     def propose_batch(self, images: list[np.ndarray]) -> list[list[Rle]]:
-        """`propose` for each image."""
-        return [self.propose(image) for image in images]
+        """`propose` for each image, spread over `workers` processes."""
+        if self.workers == 1 or len(images) < 2:
+            return [self.propose(image) for image in images]
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(self.workers, len(images)), mp_context=context) as pool:
+            return list(pool.map(self.propose, images, chunksize=4))

@@ -10,7 +10,9 @@ temp folder beside its target and renamed into place: the rename is the commit p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -104,6 +106,29 @@ def _split_counts(params: SynthParams, images: dict[str, int] | None) -> dict[st
     return counts
 
 
+def _render_image(
+    job: tuple[str, int, int], *, params: SynthParams, seed: int, size: int, image_dir: Path
+) -> tuple[str, list[SceneObject], list[np.ndarray], list]:
+    """Draw one scene from its own random stream and write its PNG (runs in a worker)."""
+    split, index, image_id = job
+    objects, masks, pixels, chosen = make_scene(_image_rng(seed, params, split, index), params, size)
+    file_name = f"synthref_{split}_{image_id:07d}.png"
+    Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
+    return file_name, objects, masks, chosen
+
+
+@contextlib.contextmanager
+def _scene_pool():
+    """A pool of one worker process per core, or None on a single core. Every image has its own
+    random stream, so the output is byte-identical however many processes draw it."""
+    workers = os.cpu_count() or 1
+    if workers < 2:
+        yield None
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield pool
+
+
 def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[str, int], size: int) -> dict:
     """Generate every split into `folder`; returns the data set's info record."""
     image_dir = ensure_dir(folder / "images")
@@ -119,13 +144,15 @@ def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[st
     scene_objects: dict[str, list[dict]] = {}
     meanings: dict[str, dict] = {}
     image_id = ann_id = ref_id = sent_id = 0
+    jobs = []
     for split in SPLIT_ORDER:
         for index in range(counts[split]):
-            rng = _image_rng(seed, params, split, index)
-            objects, masks, pixels, chosen = make_scene(rng, params, size)
-            image_id += 1
-            file_name = f"synthref_{split}_{image_id:07d}.png"
-            Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
+            jobs.append((split, index, len(jobs) + 1))
+    render_job = functools.partial(_render_image, params=params, seed=seed, size=size,
+                                   image_dir=image_dir)
+    with _scene_pool() as pool:
+        rendered = pool.imap(render_job, jobs, chunksize=32) if pool else map(render_job, jobs)
+        for (split, _, image_id), (file_name, objects, masks, chosen) in zip(jobs, rendered):
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
             ann_ids = []
             described = []
@@ -209,7 +236,9 @@ def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[st
     with open(folder / "scenes.json", "w", encoding="utf-8") as handle:
         json.dump(scenes, handle, separators=(",", ":"))
     with open(folder / "refs(synth).p", "wb") as handle:
-        pickle.dump(refs, handle, protocol=2)
+        # Through JSON first: pickle memoises shared objects, and whether two equal strings are one
+        # object depends on which process built them; a canonical copy keeps the bytes fixed.
+        pickle.dump(json.loads(json.dumps(refs)), handle, protocol=2)
     summary = {**info, "counts": {"images": image_id, "refs": ref_id, "sentences": sent_id}}
     with open(folder / "info.json", "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, sort_keys=True)

@@ -8,12 +8,9 @@ Everything in it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import torch
 
 from refbench.api import load_checkpoint_file
 from refbench.errors import CheckpointError
-from refbench.io import ensure_dir
+from refbench.io import atomic_writer
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -30,19 +27,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
     A crash or an exception during the save leaves the previous file at `path` untouched.
     """
-    path = Path(path)
-    ensure_dir(path.parent, "checkpoint folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, "checkpoint folder") as handle:
+        torch.save(state, handle)
 
 
 def training_fingerprint(model_name: str, settings: dict[str, Any]) -> tuple[str, str]:

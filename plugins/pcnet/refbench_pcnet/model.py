@@ -23,11 +23,10 @@ from refbench.api import (
     Expression,
     Prediction,
     TrainableModel,
-    load_checkpoint_file,
     merge_config,
 )
 from refbench.cues import pad_cues
-from refbench.errors import CheckpointError, ConfigError, RefbenchError
+from refbench.errors import ConfigError
 from refbench.nn import (
     ClipBackbone,
     LearnedTemperature,
@@ -71,6 +70,7 @@ class PCNet(TrainableModel):
     """Progressive Comprehension Network: per-stage response maps from cue-modulated queries."""
 
     name = "pcnet"
+    architecture_keys = ARCHITECTURE_KEYS
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -108,7 +108,6 @@ class PCNet(TrainableModel):
         self.crm = ConditionalReferringModule(
             dim, int(cfg["num_stages"]), cfg["modulation"], float(cfg["mlp_ratio"])
         )
-        self._weights_note = self.backbone.weights_description
         self._warned_missing_cues = False
 
     def _freeze_unused_backbone(self) -> None:
@@ -128,7 +127,10 @@ class PCNet(TrainableModel):
     @property
     def weights_description(self) -> str:
         """Where the backbone weights came from (and the checkpoint, once loaded)."""
-        return self._weights_note
+        if self.checkpoint_path is None:
+            return self.backbone.weights_description
+        initial = self.config.get("backbone_weights") or "random init"
+        return f"checkpoint {Path(self.checkpoint_path).name} (backbone initialised from {initial})"
 
     # --- encoders -------------------------------------------------------------------------
     def encode_visual(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -305,48 +307,8 @@ class PCNet(TrainableModel):
 
     # --- checkpoints ----------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
-    ) -> PCNet:
-        """Rebuild PCNet from a checkpoint; overriding a shape-changing key is refused."""
-        state = load_checkpoint_file(path, map_location)
-        if state.get("model") != cls.name:
-            raise CheckpointError(
-                f"checkpoint {path} was written by model {state.get('model')!r}, not {cls.name!r}; "
-                f"evaluate it with --model {state.get('model')}"
-            )
-        stored = dict(state.get("config", {}))
-        unknown = sorted(set(stored) - set(cls.default_config()))
-        if unknown:
-            raise CheckpointError(
-                f"checkpoint {path} has config keys this pcnet does not know "
-                f"({', '.join(unknown)}); it was written by another version of refbench-pcnet"
-            )
-        for key in ARCHITECTURE_KEYS:
-            if key in overrides and key in stored and overrides[key] != stored[key]:
-                raise CheckpointError(
-                    f"checkpoint {path} was trained with {key}={stored[key]!r}, not "
-                    f"{overrides[key]!r}; its weights only fit {key}={stored[key]!r} "
-                    f"(drop the override or train a new model)"
-                )
-        config = {**stored, **overrides}
-        original_weights = config.get("backbone_weights")
-        config["backbone_weights"] = None  # the checkpoint holds the backbone; never download
-        try:
-            model = cls(config)
-        except RefbenchError as error:
-            raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from None
-        model.config["backbone_weights"] = original_weights
-        try:
-            model.load_state_dict(state["state_dict"])
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise CheckpointError(
-                f"checkpoint {path} does not fit pcnet with this config ({first}); was it "
-                "trained with other config overrides?"
-            ) from None
-        model._weights_note = (
-            f"checkpoint {Path(path).name} (backbone initialised from "
-            f"{original_weights if original_weights else 'random init'})"
-        )
+    def from_checkpoint_config(cls, config: Mapping[str, Any]) -> PCNet:
+        """Build without reading pretrained backbone weights: the checkpoint replaces them."""
+        model = cls({**config, "backbone_weights": None})
+        model.config["backbone_weights"] = config.get("backbone_weights")
         return model

@@ -1,0 +1,86 @@
+"""TRIS's calibration losses: a frozen CLIP scores the foreground the response map keeps.
+
+In TRIS's released training script (fawnliu/TRIS, ``train_stage1.py``, ``loss/clip_loss.py``)
+the response map of each image for its own sentence is upsampled to the input size, passed
+through a sigmoid, resized with the image to the calibration CLIP's input size (224 for
+ViT-B/32) and multiplied into the normalised image. A second CLIP, frozen, embeds that
+foreground; two losses follow (``l1`` with weight ``w1 = 2`` and ``l2`` with ``w2 = 1``):
+
+- positive: ``mean_i -log cos(f_i, t_i)``, the foreground should match its own sentence;
+- negative: ``mean_i mean_k -log(1 - cos(f_i, n_ik))``, it should not match sentences about
+  other objects of the same image (TRIS draws 6 with replacement; when the image has no
+  other object it draws sentences of other images).
+
+The cosines are clamped below at `eps` before the log: TRIS takes the log unguarded, which is
+NaN for a non-positive cosine (never the case with pretrained CLIP, common with random init).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CALIBRATION_EPS = 1e-6
+
+
+def foreground_images(maps: Tensor, images: Tensor, size: int) -> Tensor:
+    """TRIS's masked foreground at the calibration CLIP's input size.
+
+    maps: [B, h, w] response of each image for its own sentence (temperature x cosine);
+    images: [B, 3, S, S] normalised. Returns [B, 3, size, size]:
+    resize(sigmoid(upsample_S(map))) * resize(image), bilinear as in TRIS (align_corners=False
+    to the input size, then align_corners=True to `size`).
+    """
+    if maps.ndim != 3 or images.ndim != 4 or maps.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"maps must be [B, h, w] and images [B, 3, S, S], got {tuple(maps.shape)} and "
+            f"{tuple(images.shape)}"
+        )
+    side = images.shape[-2:]
+    cam = torch.sigmoid(
+        F.interpolate(maps[:, None], size=side, mode="bilinear", align_corners=False)
+    )
+    if tuple(side) != (size, size):
+        cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=True)
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
+    return cam * images
+
+
+def positive_calibration_loss(
+    foreground: Tensor, positive_text: Tensor, eps: float = CALIBRATION_EPS
+) -> Tensor:
+    """TRIS's ``l1``: mean_i -log(max(eps, cos(f_i, t_i))); [B, D], [B, D] -> scalar."""
+    if foreground.shape != positive_text.shape or foreground.ndim != 2:
+        raise ValueError(
+            f"foreground and positive_text must both be [B, D], got {tuple(foreground.shape)} "
+            f"and {tuple(positive_text.shape)}"
+        )
+    cosine = F.cosine_similarity(foreground, positive_text, dim=-1)
+    return -torch.log(cosine.clamp(min=eps)).mean()
+
+
+def negative_calibration_loss(
+    foreground: Tensor, negative_text: Tensor, valid: Tensor, eps: float = CALIBRATION_EPS
+) -> Tensor:
+    """TRIS's ``l2``: mean over images of mean_k -log(max(eps, 1 - cos(f_i, n_ik))).
+
+    foreground: [B, D]; negative_text: [B, K, D] padded; valid: [B, K] bool marks real
+    negatives. Images without any negative are left out of the mean (0 if none has one).
+    """
+    if negative_text.ndim != 3 or negative_text.shape[0] != foreground.shape[0]:
+        raise ValueError(
+            f"negative_text must be [B, K, D] with B = {foreground.shape[0]}, got "
+            f"{tuple(negative_text.shape)}"
+        )
+    if valid.shape != negative_text.shape[:2]:
+        raise ValueError(f"valid {tuple(valid.shape)} != [B, K] {tuple(negative_text.shape[:2])}")
+    cosine = F.cosine_similarity(foreground[:, None, :], negative_text, dim=-1)  # [B, K]
+    per_pair = -torch.log((1 - cosine).clamp(min=eps))
+    keep = valid.to(per_pair.dtype)
+    counts = keep.sum(-1)
+    has_any = counts > 0
+    if not bool(has_any.any()):
+        return foreground.sum() * 0.0
+    per_image = (per_pair * keep).sum(-1) / counts.clamp(min=1)
+    return per_image[has_any].mean()

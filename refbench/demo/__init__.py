@@ -1,0 +1,1 @@
+"""The SynthRef demo (`refbench demo`) and the ablation reproduction (`refbench reproduce`)."""

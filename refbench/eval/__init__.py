@@ -1,0 +1,1 @@
+"""Evaluation: the grouped runner, run folders with resume, provenance, distributed sharding."""
