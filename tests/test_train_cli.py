@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from refbench.cli.train import ensure_cues, false_negative_mask, find_resume_dir, read_config_file
+from refbench.cli.train import false_negative_mask, find_resume_dir, read_config_file
+from refbench.cues import ensure_cues
 from refbench.errors import CheckpointError, ConfigError, DataError
 
 

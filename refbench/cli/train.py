@@ -53,21 +53,6 @@ def find_resume_dir(out_root: Path, model: str, split: str, resume: str) -> Path
     return runs[-1]
 
 
-def ensure_cues(dataset: Any, backend: str | None, k: int) -> tuple[str, dict[str, Any]]:
-    """(backend, cue table) for `dataset`, building template/heuristic cues when missing."""
-    from refbench.cues import build_cues, get_backend, load_cues
-
-    chosen = backend or ("template" if dataset.info.is_synthetic else "heuristic")
-    try:
-        return chosen, load_cues(dataset, chosen, k)
-    except DataError:
-        if chosen not in ("template", "heuristic"):
-            raise  # its message names the command that builds (or imports) them
-    if chosen == "template" and not dataset.info.is_synthetic:
-        raise ConfigError(f"--cues template only works on SynthRef splits, not {dataset.info.id}")
-    return chosen, build_cues(dataset, get_backend(chosen), k)
-
-
 def ensure_proposals(dataset: Any, backend: str | None, num_proposals: int) -> tuple[str, Any]:
     """(backend, store) for `dataset`; felzenszwalb proposals of SynthRef are built on demand."""
     from refbench.proposals import ProposalStore, default_min_area, get_backend, load_proposals
@@ -175,6 +160,8 @@ def train_command(
 
     cue_table = None
     if model.num_cues:
+        from refbench.cues import ensure_cues
+
         cue_backend, cue_table = ensure_cues(dataset, cue_backend, model.num_cues)
         if val_dataset is not None:
             ensure_cues(val_dataset, cue_backend, model.num_cues)

@@ -18,7 +18,14 @@ from refbench.cues.heuristic import HeuristicBackend, chunk
 from refbench.cues.llm import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, EndpointError, LLMBackend
 from refbench.cues.padding import pad_cues
 from refbench.cues.pcnet_import import IMPORT_BACKEND, import_pcnet_phrases
-from refbench.cues.store import BuildStats, CueStore, build_cues, build_cues_with_stats, load_cues
+from refbench.cues.store import (
+    BuildStats,
+    CueStore,
+    build_cues,
+    build_cues_with_stats,
+    ensure_cues,
+    load_cues,
+)
 from refbench.cues.template import TemplateBackend
 from refbench.errors import ConfigError
 
@@ -69,6 +76,7 @@ __all__ = [
     "LLMBackend",
     "TemplateBackend",
     "build_cues",
+    "ensure_cues",
     "build_cues_with_stats",
     "chunk",
     "config_hash",

@@ -17,7 +17,7 @@ from typing import Any
 
 from refbench.cues.base import CueBackend, CueResult, config_hash, sentence_hash
 from refbench.cues.padding import pad_cues
-from refbench.errors import DataError, RefbenchError
+from refbench.errors import ConfigError, DataError, RefbenchError
 from refbench.io import (
     append_jsonl,
     atomic_write_json,
@@ -276,3 +276,25 @@ def load_cues(
         f"{backend_name} cues for {split} are incomplete ({have} of {len(expressions)} "
         f"expressions in {best[1] if best else folder}); finish them with `{command}`"
     )
+
+
+def ensure_cues(
+    dataset: Any, backend: str | None, k: int, cache_dir: str | Path | None = None
+) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """(backend, cue table) for `dataset`, building what a model-free backend can build.
+
+    The default backend is ``template`` on SynthRef and ``heuristic`` elsewhere; both are
+    built (or completed) on demand. Other backends (an LLM, imported files) must have been
+    built first: their `DataError` names the command that does it.
+    """
+    from refbench.cues import get_backend
+
+    chosen = backend or ("template" if dataset.info.is_synthetic else "heuristic")
+    try:
+        return chosen, load_cues(dataset, chosen, k, cache_dir)
+    except DataError:
+        if chosen not in ("template", "heuristic"):
+            raise
+    if chosen == "template" and not dataset.info.is_synthetic:
+        raise ConfigError(f"cue backend template only works on SynthRef splits, not {dataset.info.id}")
+    return chosen, build_cues(dataset, get_backend(chosen), k, cache_dir=cache_dir, progress=False)

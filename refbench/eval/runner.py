@@ -253,10 +253,6 @@ def dedupe_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [seen[key] for key in sorted(seen)]
 
 
-def _default_cue_backend(dataset: Any) -> str:
-    return "template" if dataset.info.is_synthetic else "heuristic"
-
-
 def _attach_cues(
     groups: dict[int, list[Expression]], cue_table: dict[str, tuple[str, ...]]
 ) -> dict[int, list[Expression]]:
@@ -398,10 +394,14 @@ def _evaluate(
 ) -> dict[str, Any]:
     groups = dataset.expressions_by_image(sentences)
     if model.num_cues > 0:
-        from refbench.cues import load_cues
+        from refbench.cues import ensure_cues, load_cues
 
-        cues = cues or _default_cue_backend(dataset)
-        groups = _attach_cues(groups, load_cues(dataset, cues, model.num_cues))
+        if ctx.world_size > 1:  # ranks must not build one cache at once: it must exist already
+            cues = cues or ("template" if dataset.info.is_synthetic else "heuristic")
+            cue_table = load_cues(dataset, cues, model.num_cues)
+        else:
+            cues, cue_table = ensure_cues(dataset, cues, model.num_cues)
+        groups = _attach_cues(groups, cue_table)
     else:
         cues = None
     proposal_store = None

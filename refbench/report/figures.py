@@ -43,19 +43,10 @@ class MapItem:
 
 
 def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]):
-    """[H, W, 3] uint8 -> [3, size, size] float: bilinear resize, scale to [0, 1], normalise.
+    """[H, W, 3] uint8 -> [3, size, size] float, exactly what the evaluation runner feeds."""
+    from refbench.data.transforms import ModelImageTransform
 
-    A local stand-in for refbench.data.transforms (written in parallel); replace it with that
-    module's eval transform once it is on main, so figures see exactly what the runner feeds.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()[None] / 255.0
-    tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-    mean_t = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
-    std_t = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
-    return (tensor[0] - mean_t) / std_t
+    return ModelImageTransform(size, mean, std)(image)
 
 
 def _to_image_size(maps, height: int, width: int) -> np.ndarray:

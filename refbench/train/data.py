@@ -21,31 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from refbench.api import Batch, Expression
+from refbench.data.transforms import ModelImageTransform
 from refbench.errors import DataError
 from refbench.train.sampler import SampledImage
 
 # (positive expressions [B], image ids [B]) -> bool [B, B]: expression i also fits image j.
 FalseNegativeFn = Callable[[Sequence[Expression], Sequence[int]], Any]
-
-
-def resize_normalise(
-    image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
-) -> Tensor:
-    """[H, W, 3] uint8 -> [3, size, size] float, bilinear resize then (x/255 - mean) / std."""
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"expected an [H, W, 3] image, got shape {tuple(image.shape)}")
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    pixels = F.interpolate(
-        pixels[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
-    mean_t = torch.tensor(mean, dtype=pixels.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=pixels.dtype).view(3, 1, 1)
-    return (pixels - mean_t) / std_t
 
 
 def check_cues(expressions: Sequence[Expression], cues: Mapping[str, Sequence[str]]) -> None:
@@ -78,6 +63,7 @@ class TrainingData(Dataset):
         self.input_size = int(input_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.transform = ModelImageTransform(self.input_size, self.mean, self.std)
         self.num_cues = int(num_cues)
         self.cues = cues
         self.num_proposals = int(num_proposals)
@@ -120,7 +106,7 @@ class TrainingData(Dataset):
         image = self.dataset.load_image(item.image_id)
         sample: dict[str, Any] = {
             "item": item,
-            "image": resize_normalise(image, self.input_size, self.mean, self.std),
+            "image": self.transform(image),
             "expressions": [self._with_cues(e) for e in item.expressions],
         }
         if self.num_proposals:

@@ -22,11 +22,11 @@ from refbench_pcnet.model import PCNet
 from refbench.api import Batch
 from refbench.cues import load_cues
 from refbench.data.refer import ReferDataset
+from refbench.data.transforms import ModelImageTransform
 from refbench.metrics.scoring import score_batch
 from refbench.proposals import ProposalStore, default_min_area, get_backend
 from refbench.synth import compatibility, ensure_synthref
 from refbench.train import Trainer
-from refbench.train.data import resize_normalise
 
 TEMPLATES = ("attribute", "position", "superlative", "relation")
 
@@ -42,13 +42,12 @@ def parse_value(text: str) -> object:
 def evaluate(model: PCNet, dataset: ReferDataset) -> dict[str, float]:
     """PointM overall and per template, and the share of peaks off every object."""
     model.eval()
-    cfg = model.config
+    transform = ModelImageTransform.for_model(model.config)
     records = []
     for image_id, expressions in dataset.expressions_by_image("all").items():
         image = dataset.load_image(image_id)
         height, width = image.shape[:2]
-        pixels = resize_normalise(image, cfg["input_size"], cfg.get("mean", (0.0,) * 3),
-                                  cfg.get("std", (1.0,) * 3))[None]
+        pixels = transform(image)[None]
         maps = model.predict(Batch(pixels, [expressions])).response_maps
         gt = torch.stack([torch.as_tensor(dataset.mask(e.ann_id)).bool() for e in expressions])
         boxes = torch.tensor([dataset.box(e.ann_id) for e in expressions], dtype=torch.float)
