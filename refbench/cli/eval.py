@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from refbench.cli.options import data_root_option
+from refbench.device import check_device
 from refbench.errors import ConfigError, DataError, OutputError
 
 METRIC_ORDER = (
@@ -30,19 +31,6 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key] = raw
     return overrides
-
-
-def check_device(device: str) -> str:
-    """`device` if usable here; CUDA without a GPU is a `ConfigError`."""
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {device} was requested but CUDA is not available here; use --device cpu"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"--device {device!r} is not cpu or cuda[:N]")
-    return device
 
 
 def open_dataset(split: str, data_root: str | None) -> Any:

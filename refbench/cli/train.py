@@ -124,8 +124,9 @@ def train_command(
     import torch
 
     from refbench.api import TrainableModel
-    from refbench.cli.eval import check_device, open_dataset, parse_overrides
+    from refbench.cli.eval import open_dataset, parse_overrides
     from refbench.data.splits import get_split
+    from refbench.device import check_device
     from refbench.eval import distributed
     from refbench.eval.provenance import environment
     from refbench.eval.run_folder import create_run_dir, note_resume

@@ -21,6 +21,7 @@ import numpy as np
 
 from refbench.demo import configs
 from refbench.demo.configs import ModelSpec
+from refbench.device import check_device
 from refbench.errors import ConfigError, DataError
 
 METRICS = ("PointM", "mIoU", "oIoU")
@@ -235,7 +236,7 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
     reported = load_reported_ablations()
     pipeline.check_cache_writable()
     work_dir = ensure_dir(options.work_dir, "ablation working folder")
-    device = pipeline.check_device_name(options.device)
+    device = check_device(options.device)
     with exclusive_lock(work_dir / ".ablations.lock", f"the ablation folder {work_dir} "
                         "(a grid is running)"):
         data_root = ensure_synthref(options.data_root)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refbench.errors import DataError
-from refbench.report.figures import MapItem, _draw_inputs, _draw_map, _new_figure, _save
+from refbench.report.figures import MapItem, draw_inputs, draw_map, new_figure, save_figure
 
 
 def draw_demo_figure(columns: Sequence[tuple[str, Sequence[MapItem]]], out: str | Path) -> int:
@@ -22,19 +22,19 @@ def draw_demo_figure(columns: Sequence[tuple[str, Sequence[MapItem]]], out: str 
         stages = max((0 if i.stage_maps is None else i.stage_maps.shape[0]) for i in items)
         widths.append(stages if stages > 1 else 1)
     first = columns[0][1]
-    figure, axes = _new_figure(len(first), 2 + sum(widths))
+    figure, axes = new_figure(len(first), 2 + sum(widths))
     for index, row in enumerate(axes):
-        _draw_inputs(row, first[index])
+        draw_inputs(row, first[index])
         col = 2
         for (label, items), width in zip(columns, widths):
             item = items[index]
             verdict = "hit" if item.hit else "miss"
             if width == 1:
-                _draw_map(row[col], item, item.response_map, f"{label} {verdict}")
+                draw_map(row[col], item, item.response_map, f"{label} {verdict}")
             else:
                 for stage in range(width):
                     last = stage == width - 1
                     title = f"{label} stage {stage + 1}" + (f" {verdict}" if last else "")
-                    _draw_map(row[col + stage], item, item.stage_maps[stage], title)
+                    draw_map(row[col + stage], item, item.stage_maps[stage], title)
             col += width
-    return _save(figure, out)
+    return save_figure(figure, out)

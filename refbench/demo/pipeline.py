@@ -433,10 +433,10 @@ def run_demo(options: DemoOptions, console: Any = None) -> DemoResult:
 
 
 def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
-    from refbench.cli.eval import check_device
     from refbench.cues import build_cues_with_stats, get_backend
     from refbench.data.refer import ReferDataset
     from refbench.data.splits import get_split
+    from refbench.device import check_device
     from refbench.proposals import ProposalStore, default_min_area
     from refbench.proposals import get_backend as proposal_backend
     from refbench.registry import get_model_class
@@ -617,13 +617,6 @@ def _budgeted(
         epochs = max(1, math.ceil(steps / per_epoch))  # the LR schedule spans the budget
         budgeted.append(ModelSpec(spec.name, spec.label, dict(spec.overrides), epochs, steps))
     return budgeted
-
-
-def check_device_name(device: str) -> str:
-    """`device` if usable here (a `ConfigError` for CUDA without a GPU)."""
-    from refbench.cli.eval import check_device
-
-    return check_device(device)
 
 
 class PreparedInputs:

@@ -124,7 +124,7 @@ def compute_items(
     return items
 
 
-def _new_figure(rows: int, cols: int):
+def new_figure(rows: int, cols: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -139,7 +139,7 @@ def _normalised(response: np.ndarray) -> np.ndarray:
     return (response - low) / (high - low) if high > low else np.zeros_like(response)
 
 
-def _draw_map(axis, item: MapItem, response: np.ndarray, title: str) -> None:
+def draw_map(axis, item: MapItem, response: np.ndarray, title: str) -> None:
     axis.imshow(item.image)
     axis.imshow(_normalised(response), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
     peak = np.unravel_index(int(np.argmax(response)), response.shape)
@@ -148,7 +148,7 @@ def _draw_map(axis, item: MapItem, response: np.ndarray, title: str) -> None:
     axis.set_title(title, fontsize=8)
 
 
-def _draw_inputs(axes_row, item: MapItem) -> None:
+def draw_inputs(axes_row, item: MapItem) -> None:
     axes_row[0].imshow(item.image)
     axes_row[0].set_title("\n".join(textwrap.wrap(item.text, 28)[:2]), fontsize=8)
     # the target keeps its colours, everything else is dimmed
@@ -157,7 +157,7 @@ def _draw_inputs(axes_row, item: MapItem) -> None:
     axes_row[1].set_title("ground truth", fontsize=8)
 
 
-def _save(figure, out: str | Path) -> int:
+def save_figure(figure, out: str | Path) -> int:
     import io
 
     from refbench.io import atomic_write_bytes
@@ -180,16 +180,16 @@ def draw_show(items: Sequence[MapItem], out: str | Path, label: str = "") -> int
     if not items:
         raise DataError("no expressions to draw")
     stages = max((0 if i.stage_maps is None else i.stage_maps.shape[0]) for i in items)
-    figure, axes = _new_figure(len(items), 3 + stages)
+    figure, axes = new_figure(len(items), 3 + stages)
     for row, item in zip(axes, items):
-        _draw_inputs(row, item)
-        _draw_map(row[2], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}".strip())
+        draw_inputs(row, item)
+        draw_map(row[2], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}".strip())
         for number in range(stages):
             if item.stage_maps is not None and number < item.stage_maps.shape[0]:
-                _draw_map(row[3 + number], item, item.stage_maps[number], f"stage {number + 1}")
+                draw_map(row[3 + number], item, item.stage_maps[number], f"stage {number + 1}")
             else:
                 row[3 + number].axis("off")
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def draw_compare(columns: Sequence[tuple[str, Sequence[MapItem]]], out: str | Path) -> int:
@@ -200,13 +200,13 @@ def draw_compare(columns: Sequence[tuple[str, Sequence[MapItem]]], out: str | Pa
     if not columns or not columns[0][1]:
         raise DataError("no expressions to draw")
     first = columns[0][1]
-    figure, axes = _new_figure(len(first), 2 + len(columns))
+    figure, axes = new_figure(len(first), 2 + len(columns))
     for index, row in enumerate(axes):
-        _draw_inputs(row, first[index])
+        draw_inputs(row, first[index])
         for offset, (label, items) in enumerate(columns):
             item = items[index]
-            _draw_map(row[2 + offset], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}")
-    return _save(figure, out)
+            draw_map(row[2 + offset], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}")
+    return save_figure(figure, out)
 
 
 def show_run(
@@ -272,7 +272,7 @@ def plot_curves(log_path: str | Path, out: str | Path) -> int:
     if not names:
         raise DataError(f"{path} has no 'loss*' entries to plot")
     panels = names + (["lr"] if any("lr" in r for r in records) else [])
-    figure, axes = _new_figure(1, len(panels))
+    figure, axes = new_figure(1, len(panels))
     for axis, name in zip(axes[0], panels):
         points = [(r.get("step", i), r[name]) for i, r in enumerate(records) if isinstance(r.get(name), (int, float))]
         if points:
