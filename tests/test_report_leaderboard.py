@@ -242,3 +242,12 @@ def test_latex_structure_and_compiles(board_inputs, tmp_path) -> None:
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout[-2000:]
         assert (tmp_path / "table.pdf").stat().st_size > 1000
+
+
+def test_small_random_backbones_are_marked_apart_from_real_ones():
+    from refbench.report.leaderboard import backbone_label
+
+    assert backbone_label({"backbone": "RN50"}) == "RN50"
+    assert backbone_label({"backbone": "RN50", "preset": "small"}) == "RN50-small"
+    assert backbone_label({"arch": "RN50", "small_backbone": True}) == "RN50-small"
+    assert backbone_label({}) == "-"

@@ -47,6 +47,15 @@ CHANCE_LABELS = {
     "shape_only": "chance: shape oracle",
     "colour_shape_only": "chance: colour+shape oracle",
 }
+def backbone_label(model_config: dict) -> str:
+    """The backbone column of a measured row: its architecture, marked when it is the tiny
+    random-initialised configuration used on SynthRef (never to be read as a real RN50)."""
+    backbone = str(model_config.get("backbone", model_config.get("arch", "-")))
+    if model_config.get("small_backbone") or model_config.get("preset") == "small":
+        return f"{backbone}-small"
+    return backbone
+
+
 ROW_FIELDS = ["block", "method", "source", "backbone", "segmentor", "supervision", "protocol"]
 
 
@@ -250,7 +259,7 @@ def build_leaderboard(
         label = first.model
         if labels.count(first.model) > 1:
             label += f" ({first.path.name})" if all_runs else f" (config {first.config_digest[:6]})"
-        backbone = str((first.config.get("model_config") or {}).get("backbone", "-"))
+        backbone = backbone_label(first.config.get("model_config") or {})
         for split, run in group_runs.items():
             values = run.metrics["metrics"]
             cis = intervals.get(str(run.path), {})
