@@ -1,4 +1,4 @@
-"""Time SynthRef generation: the default data set (or --images N) on one core; prints figures.
+"""Time SynthRef generation: the default data set (or --images N), one worker per core; prints figures.
 
     PYTHONPATH=. python benchmarks/synth_generation.py [--images 10000] [--variant default]
 """
