@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 
+from refbench.data.refer import Ref, Sentence
 from refbench.errors import ConfigError
 from refbench.train.sampler import TrainingSampler
-
-
-@dataclass(frozen=True)
-class Sentence:
-    sent_id: int
-    text: str
-    extra: dict | None = None
-
-
-@dataclass(frozen=True)
-class Ref:
-    ref_id: int
-    ann_id: int
-    image_id: int
-    sentences: list
 
 
 class FakeRefer:
@@ -38,9 +23,9 @@ class FakeRefer:
             for j in range(image_id % 4):
                 sentences = []
                 for _ in range(j + 1):
-                    sentences.append(Sentence(sent_id, f"object {j} of {image_id} s{sent_id}"))
+                    sentences.append(Sentence(sent_id, f"object {j} of {image_id} s{sent_id}", {}))
                     sent_id += 1
-                refs.append(Ref(image_id * 10 + j, image_id * 100 + j, image_id, sentences))
+                refs.append(Ref(image_id * 10 + j, image_id * 100 + j, image_id, 1, "train", tuple(sentences)))
             self._refs[image_id] = refs
 
     def refs_of_image(self, image_id: int) -> list[Ref]:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from refbench.api import Batch, Prediction, TrainableModel, load_checkpoint_file
+from refbench.data.refer import Ref, Sentence
 from refbench.errors import CheckpointError, ConfigError, DataError
 from refbench.io import read_jsonl
 from refbench.train.checkpoint import save_checkpoint
@@ -26,21 +26,6 @@ from refbench.train.data import TrainingData
 from refbench.train.trainer import Trainer
 
 # --- stand-ins ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sentence:
-    sent_id: int
-    text: str
-    extra: dict | None = None
-
-
-@dataclass(frozen=True)
-class Ref:
-    ref_id: int
-    ann_id: int
-    image_id: int
-    sentences: list
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -62,9 +47,9 @@ class FakeRefer:
             for j in range(1 + image_id % 3):
                 colour = names[int(rng.integers(3))]
                 image[:, j * 6 : j * 6 + 6] = COLOURS[colour]
-                sentences = [Sentence(sent + k, f"the {colour} block {k}") for k in range(1 + j % 2)]
+                sentences = [Sentence(sent + k, f"the {colour} block {k}", {}) for k in range(1 + j % 2)]
                 sent += len(sentences)
-                refs.append(Ref(image_id * 10 + j, image_id * 100 + j, image_id, sentences))
+                refs.append(Ref(image_id * 10 + j, image_id * 100 + j, image_id, 1, "train", tuple(sentences)))
             self._refs[image_id] = refs
             self._images[image_id] = image
 
