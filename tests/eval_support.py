@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import pickle
-import textwrap
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from tests.plugin_fixture import write_plugin
 
 SPLIT = "refcocog-val-g"
 
@@ -81,15 +82,8 @@ ENTRY_POINTS = {
 
 def write_model_plugin(root: Path) -> Path:
     """Write the test-only plugin distribution ``evaltest-plugin`` under `root`."""
-    package = root / "evaltest_plugin"
-    package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text(textwrap.dedent(MODEL_SOURCE))
-    info = root / "evaltest_plugin-0.0.1.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evaltest-plugin\nVersion: 0.0.1\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in ENTRY_POINTS.items())
-    (info / "entry_points.txt").write_text(f"[refbench.models]\n{lines}")
-    return root
+    return write_plugin(root, "evaltest-plugin", "0.0.1", "evaltest_plugin", ENTRY_POINTS,
+                        MODEL_SOURCE)
 
 
 def expression_map(key: str, grid: int = 8) -> torch.Tensor:

@@ -10,18 +10,23 @@ import textwrap
 from pathlib import Path
 
 
-def write_plugin(
-    root: Path, dist: str, version: str, package: str, entry_points: dict[str, str], source: str
-) -> Path:
-    """Write `package` with `source` and a dist-info registering `entry_points` under root."""
-    (root / package).mkdir(parents=True, exist_ok=True)
-    (root / package / "__init__.py").write_text(textwrap.dedent(source))
+def write_dist_info(root: Path, dist: str, version: str, entry_points: dict[str, str]) -> Path:
+    """A .dist-info under `root` registering `entry_points` in refbench.models, as pip would."""
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[refbench.models]\n{lines}")
     return root
+
+
+def write_plugin(
+    root: Path, dist: str, version: str, package: str, entry_points: dict[str, str], source: str
+) -> Path:
+    """Write `package` with `source` and a dist-info registering `entry_points` under root."""
+    (root / package).mkdir(parents=True, exist_ok=True)
+    (root / package / "__init__.py").write_text(textwrap.dedent(source))
+    return write_dist_info(root, dist, version, entry_points)
 
 
 TOY_MODEL_SOURCE = '''

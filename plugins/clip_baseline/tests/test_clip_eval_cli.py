@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from refbench.cli import main
+from tests.plugin_fixture import write_dist_info
 from tests.refer_fixture import make_tiny_refer
 
 SPLIT = "refcocog-val-g"
@@ -16,14 +17,8 @@ SPLIT = "refcocog-val-g"
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """refbench-clip-baseline registered on sys.path through a .dist-info, as pip would."""
-    info = tmp_path / "site" / "refbench_clip_baseline-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: refbench-clip-baseline\nVersion: 0.1.0\n"
-    )
-    (info / "entry_points.txt").write_text(
-        "[refbench.models]\nclip = refbench_clip_baseline.model:ClipBaseline\n"
-    )
+    write_dist_info(tmp_path / "site", "refbench-clip-baseline", "0.1.0",
+                    {"clip": "refbench_clip_baseline.model:ClipBaseline"})
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
 

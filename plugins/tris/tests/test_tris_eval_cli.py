@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,25 +10,18 @@ import torch
 from refbench_tris import TRIS
 
 from refbench.cli import main
+from tests.plugin_fixture import write_dist_info
 from tests.refer_fixture import make_tiny_refer
 
 SPLIT = "refcocog-val-g"
 
 
-def register(root: Path, dist: str, entry_points: dict[str, str]) -> Path:
-    """A .dist-info registering `entry_points` in refbench.models, as pip would install it."""
-    info = root / f"{dist.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[refbench.models]\n{lines}")
-    return root
-
-
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """refbench-tris registered on sys.path (its package is importable from the checkout)."""
-    register(tmp_path / "site", "refbench-tris", {"tris": "refbench_tris.model:TRIS"})
+    write_dist_info(
+        tmp_path / "site", "refbench-tris", "0.1.0", {"tris": "refbench_tris.model:TRIS"}
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
 
