@@ -54,14 +54,6 @@ def _rows() -> list[SplitInfo]:
 SPLITS: dict[str, SplitInfo] = {row.id: row for row in _rows()}
 
 
-def register_split(info: SplitInfo) -> None:
-    """Add a split family generated at run time (e.g. a harder SynthRef variant)."""
-    existing = SPLITS.get(info.id)
-    if existing is not None and existing != info:
-        raise ValueError(f"split {info.id!r} is already registered differently")
-    SPLITS[info.id] = info
-
-
 def get_split(split_id: str) -> SplitInfo:
     """The split `split_id`, or an `UnknownNameError` listing the valid ids."""
     if split_id in SPLITS:
