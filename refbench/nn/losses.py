@@ -3,6 +3,7 @@
 Response maps of B images against T texts ([B, T, h, w]) are pooled into scores ([B, T]);
 L_cls is a multi-label soft-margin loss whose positives are, by default, the diagonal (text i
 describes image i; the other texts of the batch are its negatives, B = 1 + L).
+`contrastive_loss` is the symmetric InfoNCE alternative (refbench's option, not the papers').
 """
 
 from __future__ import annotations
@@ -93,3 +94,18 @@ def classification_loss(
     keep = (~ignore).to(scores.dtype)
     per_row = (per_pair * keep).sum(-1) / keep.sum(-1).clamp(min=1)
     return per_row.mean()
+
+
+def contrastive_loss(scores: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE over pooled image-text scores [B, B] (text i belongs to image i).
+
+    Cross-entropy of each image over the texts and of each text over the images, averaged;
+    `ignore` [B, B] bool (off-diagonal false negatives) removes pairs from both softmaxes.
+    """
+    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be [B, B], got {tuple(scores.shape)}")
+    if ignore is not None:
+        eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+        scores = scores.masked_fill(ignore & ~eye, float("-inf"))
+    target = torch.arange(scores.shape[0], device=scores.device)
+    return 0.5 * (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target))

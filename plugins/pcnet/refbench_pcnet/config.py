@@ -18,6 +18,7 @@ PRESETS = ("paper", "small")
 CLS_LOSSES = ("bce", "infonce")
 NORMS = ("batch", "group", "layer")
 IAD_FORMS = ("paper", "exclusive")
+TEXT_ENCODERS = ("clip", "words")
 
 # Keys that change the shapes of the weights: a checkpoint only fits the values it was trained
 # with, so `from_checkpoint` refuses overrides of these with a message naming the key.
@@ -27,6 +28,7 @@ ARCHITECTURE_KEYS = (
     "feature_stage",
     "coord_channels",
     "backbone_norm",
+    "text_encoder",
     "hidden_dim",
     "num_stages",
     "modulation",
@@ -47,6 +49,10 @@ PAPER_CONFIG: dict[str, Any] = {
     # which objects the image holds (on SynthRef its peaks went to the background).
     "backbone_norm": "batch",
     "coord_channels": False,  # append normalised (x, y) to V_0 before the projection
+    # "clip": CLIP's text transformer (the paper's); "words": refbench's hashed-word BiGRU
+    # (refbench.nn.WordGRUEncoder), for training from scratch, where a random-init CLIP text
+    # tower is slow to fit
+    "text_encoder": "clip",
     "hidden_dim": 1024,  # C
     "mlp_ratio": 1.0,  # hidden width of the CRM's MLPs, as a multiple of C
     "num_stages": 3,  # N
@@ -79,22 +85,37 @@ PAPER_CONFIG: dict[str, Any] = {
     # 15 epochs, poly 0.9, clipping 1.0) is the paper's and comes from TrainableModel.
 }
 
-# SynthRef / CPU: the same architecture with tiny widths, trained from scratch. Stride 8
-# (ResNet layer 2) gives a 12x12 map on 96 px images, fine enough to tell 3-5 objects apart;
-# coordinate channels let "left"/"right" be said at all.
+# SynthRef / CPU: the same architecture with tiny widths, trained from scratch on 96 px scenes.
+# What it takes to localise there at all (plugins/pcnet/README.md, "SynthRef results"):
+# - stride 4 (ResNet layer 1, a 24x24 map): at stride 8 the peak landed next to the object
+#   (median 6-11 px off) and PointM stayed near chance; coordinate channels let "left" be said;
+# - the hashed-word BiGRU text encoder: a random-init CLIP text transformer scored every
+#   sentence alike on some seeds (L_cls stuck at ln B);
+# - symmetric InfoNCE with mean+max pooling: the paper's BCE (1 positive, B - 1 negatives)
+#   sat at the all-negative solution;
+# - ADD modulation without other images' cues: with VTA+TTA the query mixes in the image's own
+#   features and the peaks went to the background;
+# - the "exclusive" IaD: Eq. 9 has no gradient when both texts pick the same proposal;
+# - lr 1e-3: at 3e-3 one seed in two or three put most peaks on the background.
 SMALL_PRESET: dict[str, Any] = {
     "preset": "small",
     "backbone_weights": None,
     "small_backbone": True,
-    "feature_stage": 2,
+    "feature_stage": 1,
     "coord_channels": True,
+    "text_encoder": "words",
     "hidden_dim": 64,
+    "cls_loss": "infonce",
+    "pooling": "mean+max",
+    "modulation": "ADD",
+    "negative_cues": False,
+    "iad_form": "exclusive",
     # Proposals are kept largest first; on SynthRef's 96 px scenes the 8 largest felzenszwalb
     # segments are background pieces (the target is among them for 7.5% of synth-val refs; 69%
     # with 16, 100% with 40), so RaS/IaD need all of them.
     "num_proposals": 40,
     "input_size": 96,
-    "lr": 3e-3,
+    "lr": 1e-3,
     "backbone_lr_scale": 1.0,
     "batch_size": 32,
     "epochs": 20,
@@ -125,6 +146,10 @@ def validate(config: Mapping[str, Any]) -> None:
     if config["backbone_norm"] != "batch" and config["backbone_weights"]:
         fail("backbone_norm", "group/layer norm only fits a randomly initialised backbone "
              "(backbone_weights=null); pretrained CLIP weights use BatchNorm")
+    if config["text_encoder"] not in TEXT_ENCODERS:
+        fail("text_encoder", f"choose one of {', '.join(TEXT_ENCODERS)}")
+    if config["text_encoder"] == "words" and int(config["hidden_dim"]) % 2:
+        fail("hidden_dim", "must be even with text_encoder=words (two GRU directions)")
     if config["cls_loss"] not in CLS_LOSSES:
         fail("cls_loss", f"choose one of {', '.join(CLS_LOSSES)}")
     if config["iad_form"] not in IAD_FORMS:

@@ -146,18 +146,3 @@ def iad_loss(
     distance = (y_target[:, None] - y_distinct).pow(2).sum(-1)  # [B, D, N]
     per_pair = (1 - distance).mean(dim=-1)  # averaged over stages
     return per_pair[keep].mean()
-
-
-def contrastive_loss(scores: Tensor, ignore: Tensor | None = None) -> Tensor:
-    """Symmetric InfoNCE over pooled image-text scores [B, B] (text i belongs to image i).
-
-    Cross-entropy of each image over the texts and of each text over the images, averaged;
-    `ignore` [B, B] bool (off-diagonal false negatives) removes pairs from both softmaxes.
-    """
-    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"scores must be [B, B], got {tuple(scores.shape)}")
-    if ignore is not None:
-        eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-        scores = scores.masked_fill(ignore & ~eye, float("-inf"))
-    target = torch.arange(scores.shape[0], device=scores.device)
-    return 0.5 * (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target))

@@ -32,12 +32,14 @@ from refbench.nn import (
     LearnedTemperature,
     TextProjection,
     VisualProjection,
+    WordGRUEncoder,
     classification_loss,
+    contrastive_loss,
     pool_response,
 )
 from refbench_pcnet.config import ARCHITECTURE_KEYS, PAPER_CONFIG, preset_defaults, validate
 from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
-from refbench_pcnet.losses import contrastive_loss, iad_loss, proposals_to_map, ras_loss
+from refbench_pcnet.losses import iad_loss, proposals_to_map, ras_loss
 
 
 class PositionLayerNorm(torch.nn.Module):
@@ -103,7 +105,12 @@ class PCNet(TrainableModel):
         in_channels = self.backbone.stage_channels(self.feature_stage)
         in_channels += 2 if cfg["coord_channels"] else 0
         self.visual_projection = VisualProjection(in_channels, dim)
-        self.text_projection = TextProjection(self.backbone.embed_dim, dim)
+        self.word_encoder: WordGRUEncoder | None = None
+        text_dim = self.backbone.embed_dim
+        if cfg["text_encoder"] == "words":
+            self.word_encoder = WordGRUEncoder(dim)
+            text_dim = dim
+        self.text_projection = TextProjection(text_dim, dim)
         self.temperature = LearnedTemperature(float(cfg["temperature_init"]))
         self.crm = ConditionalReferringModule(
             dim, int(cfg["num_stages"]), cfg["modulation"], float(cfg["mlp_ratio"])
@@ -115,6 +122,10 @@ class PCNet(TrainableModel):
         clip = self.backbone.model
         unused: list[torch.nn.Module] = [clip.visual.attnpool]
         unused += [getattr(clip.visual, f"layer{k}") for k in range(self.feature_stage + 1, 5)]
+        if self.config["text_encoder"] != "clip":
+            unused += [clip.token_embedding, clip.transformer, clip.ln_final]
+            clip.positional_embedding.requires_grad_(False)
+            clip.text_projection.requires_grad_(False)
         for module in unused:
             module.requires_grad_(False)
         clip.logit_scale.requires_grad_(False)
@@ -150,7 +161,10 @@ class PCNet(TrainableModel):
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Projected text embeddings, each distinct text encoded once: [T] -> [T, C]."""
         unique = list(dict.fromkeys(texts))
-        embedded = self.text_projection(self.backbone.encode_text(unique))
+        if self.word_encoder is not None:
+            embedded = self.text_projection(self.word_encoder(unique))
+        else:
+            embedded = self.text_projection(self.backbone.encode_text(unique))
         index = {text: i for i, text in enumerate(unique)}
         return embedded[torch.tensor([index[t] for t in texts], device=embedded.device)]
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from refbench_pcnet.losses import (
     alignment_scores,
-    contrastive_loss,
     iad_loss,
     localization_ambiguity,
     proposals_to_map,
@@ -15,6 +14,8 @@ from refbench_pcnet.losses import (
     soft_iou,
     straight_through_index,
 )
+
+from refbench.nn import contrastive_loss
 
 # A 1 x 6 "image": three proposals (left pair, middle pair, right pair) and one padding slot.
 PROPOSALS = np.array(

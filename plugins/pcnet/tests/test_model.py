@@ -55,7 +55,9 @@ def test_presets_and_paper_defaults() -> None:
     assert paper["modulation"] == "VTA+TTA" and paper["lr"] == 5e-5
     small = PCNet.small_config()
     assert small["small_backbone"] and small["backbone_weights"] is None
-    assert (small["input_size"], small["feature_stage"]) == (96, 2)
+    assert (small["input_size"], small["feature_stage"]) == (96, 1)
+    assert (small["text_encoder"], small["cls_loss"], small["modulation"]) == ("words", "infonce", "ADD")
+    assert paper["text_encoder"] == "clip" and paper["cls_loss"] == "bce"
     # the largest-first proposal list must reach the objects of a 96 px SynthRef scene
     assert small["num_proposals"] == 40
 
@@ -87,7 +89,7 @@ def test_layer_norm_normalises_each_position_alone() -> None:
 
 def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
     assert model.config["small_backbone"] is True and model.config["hidden_dim"] == 32
-    assert model.config["feature_stage"] == 2 and model.config["input_size"] == 64
+    assert model.config["feature_stage"] == 1 and model.config["input_size"] == 64
     assert "random init" in model.weights_description
 
 
@@ -111,8 +113,8 @@ def test_predict_gives_every_stage_map_per_expression(model: PCNet) -> None:
     model.eval()
     prediction = model.predict(batch)
     prediction.check(batch)
-    assert prediction.response_maps.shape == (8, 8, 8)  # 64 px / stride 8
-    assert prediction.stage_maps.shape == (8, 3, 8, 8)
+    assert prediction.response_maps.shape == (8, 16, 16)  # 64 px / stride 4
+    assert prediction.stage_maps.shape == (8, 3, 16, 16)
     torch.testing.assert_close(prediction.response_maps, prediction.stage_maps[:, -1])
     assert prediction.stage_maps.min() >= 0 and prediction.stage_maps.max() <= 1
     # One image's answer does not depend on what else is in the batch.
@@ -215,8 +217,12 @@ def test_a_few_adamw_steps_reduce_the_total_loss() -> None:
 
 def test_unused_backbone_parts_get_no_gradient(model: PCNet) -> None:
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert not any(".attnpool." in n or ".layer3." in n or ".layer4." in n for n in trainable)
-    assert any(n.startswith("backbone.model.visual.layer2.") for n in trainable)
+    assert not any(".attnpool." in n or ".layer2." in n or ".layer4." in n for n in trainable)
+    assert any(n.startswith("backbone.model.visual.layer1.") for n in trainable)
+    # the small preset reads texts with the word encoder: CLIP's text tower is left untouched
+    assert any(n.startswith("word_encoder.") for n in trainable)
+    assert not any(n.startswith(("backbone.model.transformer.", "backbone.model.token_embedding"))
+                   for n in trainable)
     groups = {g["name"] for g in model.parameter_groups()}
     assert groups == {"head", "backbone"}
 
