@@ -27,7 +27,9 @@ from refbench.nn import (
     LearnedTemperature,
     TextProjection,
     VisualProjection,
+    WordGRUEncoder,
     classification_loss,
+    contrastive_loss,
     cosine_response,
     diagonal_maps,
     pool_response,
@@ -51,19 +53,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone_weights": None,
         "small_backbone": True,
         "hidden_dim": 64,
-        "batch_size": 16,
-        "lr": 1e-3,
         "num_distinct": 2,
         "calibration_clip_weights": None,
         "calibration_small": True,
+        # Trained from scratch on 96 px SynthRef scenes, the paper's recipe does not localise
+        # (stride 32 gives a 3x3 map; BCE sits at the all-negative solution; a random-init CLIP
+        # text tower is slow to fit). These are refbench's options, not TRIS's:
+        "feature_stage": 1,  # stride 4: a 24x24 map
+        "text_encoder": "words",
+        "cls_loss": "infonce",
+        "pooling": "mean+max",
+        "batch_size": 32,
+        "lr": 3e-3,
+        "warmup_steps": 20,
     },
 }
+
+FEATURE_STAGES = (1, 2, 3, 4)
+TEXT_ENCODERS = ("clip", "words")
+CLS_LOSSES = ("bce", "infonce")
+ARCHITECTURE_KEYS = ("backbone", "small_backbone", "hidden_dim", "feature_stage", "text_encoder")
 
 
 class TRIS(TrainableModel):
     """TRIS stage 1: CLIP RN50, projections, cosine x temperature; L_cls and calibration."""
 
     name: ClassVar[str] = "tris"
+    architecture_keys = ARCHITECTURE_KEYS
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -97,6 +113,13 @@ class TRIS(TrainableModel):
                 "calibration_clip": "ViT-B-32",
                 "calibration_clip_weights": "openai",
                 "calibration_small": False,
+                # refbench's options (the paper's values by default): the ResNet layer whose
+                # map is projected (4 = C5, stride 32), the text tower ("clip" or "words", the
+                # hashed-word BiGRU of refbench.nn.WordGRUEncoder) and L_cls ("bce": TRIS's
+                # multi-label soft margin; "infonce": symmetric InfoNCE over the pooled scores)
+                "feature_stage": 4,
+                "text_encoder": "clip",
+                "cls_loss": "bce",
             }
         )
         return config
@@ -112,6 +135,21 @@ class TRIS(TrainableModel):
             )
         super().__init__({**PRESETS[preset], **overrides})
         cfg = self.config
+        for key, allowed in (
+            ("feature_stage", FEATURE_STAGES),
+            ("text_encoder", TEXT_ENCODERS),
+            ("cls_loss", CLS_LOSSES),
+        ):
+            if cfg[key] not in allowed:
+                raise ConfigError(
+                    f"tris config {key}={cfg[key]!r}: choose one of "
+                    f"{', '.join(str(v) for v in allowed)}"
+                )
+        if cfg["text_encoder"] == "words" and int(cfg["hidden_dim"]) % 2:
+            raise ConfigError(
+                f"tris config hidden_dim={cfg['hidden_dim']!r}: must be even with "
+                "text_encoder=words (two GRU directions)"
+            )
         if cfg["calibration_clip"] is not None and not cfg["calibration_small"]:
             import open_clip
 
@@ -126,8 +164,16 @@ class TRIS(TrainableModel):
             small=bool(cfg["small_backbone"]),
         )
         dim = int(cfg["hidden_dim"])
-        self.visual_projection = VisualProjection(self.backbone.feature_dim, dim)
-        self.text_projection = TextProjection(self.backbone.embed_dim, dim)
+        self.feature_stage = int(cfg["feature_stage"])
+        self.visual_projection = VisualProjection(
+            self.backbone.stage_channels(self.feature_stage), dim
+        )
+        self.word_encoder: WordGRUEncoder | None = None
+        text_dim = self.backbone.embed_dim
+        if cfg["text_encoder"] == "words":
+            self.word_encoder = WordGRUEncoder(dim)
+            text_dim = dim
+        self.text_projection = TextProjection(text_dim, dim)
         self.temperature = LearnedTemperature(float(cfg["temperature_init"]))
         # The frozen calibration CLIP is built on first use and kept out of the state dict:
         # evaluation never needs it and checkpoints stay the size of the trained model.
@@ -174,11 +220,16 @@ class TRIS(TrainableModel):
 
     # --- the response -----------------------------------------------------------------------
     def encode_images(self, images: Tensor) -> Tensor:
-        """Projected C5 map: [B, 3, S, S] -> [B, hidden_dim, S/32, S/32]."""
-        return self.visual_projection(self.backbone.encode_image_dense(images))
+        """Projected map of ResNet layer `feature_stage` (C5, S/32, by default): [B, 3, S, S] ->
+        [B, hidden_dim, S/s, S/s]."""
+        return self.visual_projection(
+            self.backbone.encode_image_dense(images, stage=self.feature_stage)
+        )
 
     def encode_texts(self, texts: list[str]) -> Tensor:
         """Projected text embeddings: [T] texts -> [T, hidden_dim]."""
+        if self.word_encoder is not None:
+            return self.text_projection(self.word_encoder(texts))
         return self.text_projection(self.backbone.encode_text(texts))
 
     @torch.no_grad()
@@ -215,7 +266,11 @@ class TRIS(TrainableModel):
             # Entry [i, j]: image i's sentence also fits image j, so it is no negative there.
             eye = torch.eye(count, dtype=torch.bool, device=scores.device)
             ignore = false_negatives.to(scores.device).bool().T & ~eye
-        losses = {"classification": float(cfg["cls_weight"]) * classification_loss(scores, ignore=ignore)}
+        if cfg["cls_loss"] == "infonce":
+            cls = contrastive_loss(scores, ignore)
+        else:
+            cls = classification_loss(scores, ignore=ignore)
+        losses = {"classification": float(cfg["cls_weight"]) * cls}
 
         positive_weight, negative_weight = self.calibration_weights
         if positive_weight <= 0 and negative_weight <= 0:

@@ -33,6 +33,13 @@ def model() -> TRIS:
     return TRIS({"preset": "small"}).eval()
 
 
+@pytest.fixture(scope="module")
+def bce_model() -> TRIS:
+    """The small preset with TRIS's own L_cls (its pooling and multi-label soft margin)."""
+    torch.manual_seed(0)
+    return TRIS({"preset": "small", "cls_loss": "bce", "pooling": "tris"}).eval()
+
+
 def test_paper_defaults_match_tris_release() -> None:
     config = TRIS.default_config()
     assert config["batch_size"] == 48 and config["input_size"] == 320 and config["epochs"] == 15
@@ -40,12 +47,16 @@ def test_paper_defaults_match_tris_release() -> None:
     assert config["weight_decay"] == 0.01 and config["poly_power"] == 0.9
     assert config["num_distinct"] >= 1 and config["hidden_dim"] == 1024
     assert config["calibration_clip"] == "ViT-B-32"
+    assert (config["feature_stage"], config["text_encoder"], config["cls_loss"]) == (4, "clip", "bce")
 
 
 def test_small_preset_values_and_overrides(model: TRIS) -> None:
     assert model.config["input_size"] == 96 and model.backbone.small
     assert model.config["num_distinct"] >= 1
     assert model.calibration_weights == (0.0, 0.0)  # random calibration CLIP: losses off
+    # stride 4 on 96 px: a 24x24 map; the word encoder instead of the CLIP text tower
+    assert model.encode_images(torch.zeros(1, 3, 96, 96)).shape[-2:] == (24, 24)
+    assert model.word_encoder is not None and model.config["cls_loss"] == "infonce"
     assert "calibration CLIP random init" in model.weights_description
     tuned = TRIS({"preset": "small", "hidden_dim": 32, "calibration_negative_weight": 0.5})
     assert tuned.visual_projection.proj.out_channels == 32
@@ -59,6 +70,11 @@ def test_unknown_preset_and_key_are_config_errors() -> None:
         TRIS({"preset": "small", "hiden_dim": 3})
     with pytest.raises(ConfigError, match="calibration_clip 'ViT-X-99'"):
         TRIS({"preset": "small", "calibration_small": False, "calibration_clip": "ViT-X-99"})
+    for key, value in (("feature_stage", 5), ("text_encoder", "bert"), ("cls_loss", "hinge")):
+        with pytest.raises(ConfigError, match=f"tris config {key}={value!r}"):
+            TRIS({"preset": "small", key: value})
+    with pytest.raises(ConfigError, match="hidden_dim=33"):
+        TRIS({"preset": "small", "hidden_dim": 33})
 
 
 def test_prediction_shapes_and_relu(model: TRIS) -> None:
@@ -72,7 +88,7 @@ def test_prediction_shapes_and_relu(model: TRIS) -> None:
 def test_prediction_is_the_per_image_cosine_upsampled(model: TRIS) -> None:
     batch = small_batch(count=2, extras=1)
     with torch.no_grad():
-        visual = model.encode_images(batch.images).numpy()  # [B, C, 3, 3]
+        visual = model.encode_images(batch.images).numpy()  # [B, C, 24, 24]
         text = model.encode_texts(batch.texts()).numpy()  # [E, C]
         scale = float(model.temperature())
     maps = model.predict(batch).response_maps
@@ -113,7 +129,8 @@ def _maps(model: TRIS, batch: Batch) -> np.ndarray:
     return scale * np.einsum("bchw,tc->bthw", visual, text)
 
 
-def test_classification_loss_matches_numpy_reference(model: TRIS) -> None:
+def test_classification_loss_matches_numpy_reference(bce_model: TRIS) -> None:
+    model = bce_model
     batch = small_batch(count=4, extras=1)
     with torch.no_grad():
         losses = model.training_step(batch)
@@ -122,7 +139,25 @@ def test_classification_loss_matches_numpy_reference(model: TRIS) -> None:
     assert losses["classification"].item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_false_negatives_leave_the_pair_out(model: TRIS) -> None:
+def test_infonce_loss_matches_numpy_reference(model: TRIS) -> None:
+    """The small preset's L_cls: symmetric InfoNCE over mean+max pooled scores."""
+    batch = small_batch(count=4, extras=0)
+    with torch.no_grad():
+        value = model.training_step(batch)["classification"].item()
+    flat = _maps(model, batch).reshape(4, 4, -1)
+    scores = flat.mean(-1) + flat.max(-1)  # [image, text]
+
+    def cross_entropy(logits: np.ndarray) -> float:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_soft = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-np.diag(log_soft).mean())
+
+    expected = 5.0 * 0.5 * (cross_entropy(scores) + cross_entropy(scores.T))
+    assert value == pytest.approx(expected, rel=1e-4)
+
+
+def test_false_negatives_leave_the_pair_out(bce_model: TRIS) -> None:
+    model = bce_model
     batch = small_batch(count=3, extras=0)
     fits = torch.zeros(3, 3, dtype=torch.bool)
     fits[0, 2] = True  # image 0's sentence also fits image 2: no negative for image 2
