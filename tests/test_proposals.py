@@ -74,7 +74,9 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 from refbench.errors import ConfigError, UnknownNameError  # noqa: E402
 from refbench.proposals import (  # noqa: E402
+    SYNTH_FELZENSZWALB,
     ProposalStore,
+    default_options,
     get_backend,
     import_pcnet_proposals,
     import_sam_rle_folder,
@@ -135,6 +137,46 @@ def test_min_area_fraction_scales_with_the_image():
     b = rect(h, w, 10, 16, 10, 16)  # 36 px
     out = postprocess([a, b], max_proposals=3, min_area=0.0033, pad=False)
     assert len(out) == 1 and np.array_equal(out[0], b)
+
+
+def test_max_area_drops_large_masks_in_pixels_or_as_a_fraction():
+    h, w = 100, 100
+    ground = rect(h, w, 0, 100, 0, 60)  # 6000 px: 60% of the image
+    shape = rect(h, w, 70, 90, 70, 90)  # 400 px
+    assert len(postprocess([ground, shape], max_proposals=5, min_area=100, pad=False)) == 2
+    for max_area in (0.3, 3000):
+        out = postprocess([ground, shape], max_proposals=5, min_area=100, max_area=max_area,
+                          pad=False)
+        assert len(out) == 1 and np.array_equal(out[0], shape)
+    with pytest.raises(ConfigError, match="max_area"):
+        get_backend("felzenszwalb", max_area=0)
+
+
+def test_synthref_felzenszwalb_defaults_find_the_objects_not_the_ground(tmp_path):
+    """On SynthRef scenes the defaults give object proposals; the paper-style ones do not."""
+    refer = pytest.importorskip("refbench.data.refer")
+    from refbench.synth import generate
+
+    root = generate(tmp_path / "data", images={"train": 2, "val": 6, "test": 2})
+    dataset = refer.ReferDataset(root, "synth-val")
+    assert default_options("felzenszwalb", False) == {"min_area": 1000.0}
+    tuned = get_backend("felzenszwalb", workers=1, **default_options("felzenszwalb", True))
+    paper_style = get_backend("felzenszwalb", workers=1, min_area=1000 / (640 * 480))
+    shares = {}
+    for name, backend in (("tuned", tuned), ("paper_style", paper_style)):
+        on_objects = total = 0
+        for image_id in dataset.image_ids:
+            rles = backend.propose(dataset.load_image(image_id))
+            masks = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode()}
+                                       for r in rles]).transpose(2, 0, 1).astype(bool)
+            objects = [np.asarray(dataset.mask(a), dtype=bool)
+                       for a in dataset.annotation_ids(image_id)]
+            for obj in objects:  # every object still has a close proposal
+                assert max(np_iou(m, obj) for m in masks) > 0.8, (name, image_id)
+            on_objects += sum(max(np_iou(m, obj) for obj in objects) > 0.5 for m in masks)
+            total += len(masks)
+        shares[name] = on_objects / total
+    assert shares["tuned"] > 0.75 and shares["paper_style"] < 0.3, shares
 
 
 def test_dedup_keeps_the_larger_of_two_overlapping_masks():
@@ -299,6 +341,27 @@ def test_load_proposals_names_the_build_command_when_missing():
         ProposalStore(dataset, "static", {"no": "max"})
 
 
+def test_load_proposals_prefers_the_default_store_among_several():
+    image, _ = shapes_scene()
+    dataset = FakeDataset(images={7: image})
+    default = get_backend("felzenszwalb", max_proposals=40, workers=1,
+                          **default_options("felzenszwalb", True))
+    other = get_backend("felzenszwalb", max_proposals=40, workers=1, min_area=0.0033)
+    stores = [ProposalStore(dataset, "felzenszwalb", b.config()) for b in (other, default)]
+    for store, backend in zip(stores, (other, default)):
+        store.build(dataset, backend, progress=False)
+    assert load_proposals(dataset, "felzenszwalb").folder == stores[1].folder
+    # with no default store among them, the choice is the user's
+    stores[1].close()
+    import shutil
+
+    shutil.rmtree(stores[1].folder)
+    third = get_backend("felzenszwalb", max_proposals=8, workers=1, min_area=0.0033)
+    ProposalStore(dataset, "felzenszwalb", third.config()).build(dataset, third, progress=False)
+    with pytest.raises(ConfigError, match="several felzenszwalb proposal stores"):
+        load_proposals(dataset, "felzenszwalb")
+
+
 # --- oracle ----------------------------------------------------------------------------------
 
 def test_oracle_matches_a_hand_computation():
@@ -410,6 +473,7 @@ def test_cli_build_then_oracle(monkeypatch, capsys):
     assert "mIoU" in out and "(n=2)" in out
     store = load_proposals(dataset, "felzenszwalb")
     assert store.config["min_area"] == pytest.approx(1000 / (640 * 480))  # SynthRef default
+    assert store.config["max_area"] == SYNTH_FELZENSZWALB["max_area"]
     assert main(["proposals", "build", "--split", "synth-val", "--backend", "sam",
                  "--checkpoint", "/nonexistent/sam.pth"]) == 2
     assert "sam.pth does not exist" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def _report(store: Any) -> None:
 min_area_option = click.option(
     "--min-area", type=float, default=None,
     help="Drop proposals under this many pixels (a value < 1 is a fraction of the image area). "
-         "Default: 1000 px (the paper), 1000/(640*480) of the image on SynthRef.")
+         "Default: 1000 px (the paper), 1000/(640*480) of the image on SynthRef (where felzenszwalb "
+         "also uses refbench.proposals.SYNTH_FELZENSZWALB).")
 
 
 @click.group("proposals")
@@ -60,7 +61,11 @@ def build_command(split: str, data_root: str | None, backend: str, checkpoint: s
     from refbench.proposals import ProposalStore, get_backend
 
     dataset = _open_dataset(split, data_root)
+    from refbench.proposals import default_options
+
+    synthetic = getattr(dataset.info, "split_by", "") == "synth"
     options: dict[str, Any] = {"max_proposals": max_proposals,
+                               **default_options(backend, synthetic),
                                "min_area": _min_area(dataset, min_area)}
     if backend == "sam":
         if checkpoint is None:

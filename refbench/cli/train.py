@@ -55,7 +55,7 @@ def find_resume_dir(out_root: Path, model: str, split: str, resume: str) -> Path
 
 def ensure_proposals(dataset: Any, backend: str | None, num_proposals: int) -> tuple[str, Any]:
     """(backend, store) for `dataset`; felzenszwalb proposals of SynthRef are built on demand."""
-    from refbench.proposals import ProposalStore, default_min_area, get_backend, load_proposals
+    from refbench.proposals import ProposalStore, default_options, get_backend, load_proposals
 
     chosen = backend or ("felzenszwalb" if dataset.info.is_synthetic else "sam")
     try:
@@ -63,9 +63,7 @@ def ensure_proposals(dataset: Any, backend: str | None, num_proposals: int) -> t
     except DataError:
         if not (chosen == "felzenszwalb" and dataset.info.is_synthetic):
             raise  # its message names `refbench proposals build ...`
-    engine = get_backend(
-        chosen, max_proposals=num_proposals, min_area=default_min_area(True)
-    )
+    engine = get_backend(chosen, max_proposals=num_proposals, **default_options(chosen, True))
     store = ProposalStore(dataset, chosen, engine.config())
     store.build(dataset, engine, progress=True)
     return chosen, store

@@ -437,7 +437,7 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
     from refbench.data.refer import ReferDataset
     from refbench.data.splits import get_split
     from refbench.device import check_device
-    from refbench.proposals import ProposalStore, default_min_area
+    from refbench.proposals import ProposalStore, default_options
     from refbench.proposals import get_backend as proposal_backend
     from refbench.registry import get_model_class
     from refbench.synth import ensure_synthref
@@ -488,7 +488,7 @@ def _run(options: DemoOptions, work_dir: Path, display: Display) -> DemoResult:
     stores: dict[str, Any] = {}
     made = 0
     engine = proposal_backend(configs.PROPOSAL_BACKEND, max_proposals=max(1, num_proposals),
-                              min_area=default_min_area(True))
+                              **default_options(configs.PROPOSAL_BACKEND, True))
     todo_total = 0
     for dataset in datasets.values():
         store = ProposalStore(dataset, configs.PROPOSAL_BACKEND, engine.config())
@@ -624,7 +624,7 @@ class PreparedInputs:
 
     def __init__(self, specs: Sequence[ModelSpec], datasets: Sequence[Any]) -> None:
         from refbench.cues import build_cues, get_backend
-        from refbench.proposals import ProposalStore, default_min_area
+        from refbench.proposals import ProposalStore, default_options
         from refbench.proposals import get_backend as proposal_backend
 
         self._probes: dict[str, Any] = {}
@@ -633,7 +633,7 @@ class PreparedInputs:
         self.cues = {d.info.id: build_cues(d, get_backend(configs.CUE_BACKEND), max_cues,
                                            progress=False) for d in datasets}
         engine = proposal_backend(configs.PROPOSAL_BACKEND, max_proposals=max(1, num_proposals),
-                                  min_area=default_min_area(True))
+                                  **default_options(configs.PROPOSAL_BACKEND, True))
         self.stores = {}
         for dataset in datasets:
             store = ProposalStore(dataset, configs.PROPOSAL_BACKEND, engine.config())

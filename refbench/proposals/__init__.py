@@ -14,8 +14,10 @@ from refbench.proposals.importers import import_pcnet_proposals, import_sam_rle_
 from refbench.proposals.oracle import oracle_scores
 from refbench.proposals.postprocess import (
     PAPER_MIN_AREA,
+    SYNTH_FELZENSZWALB,
     SYNTH_MIN_AREA_FRACTION,
     default_min_area,
+    default_options,
     postprocess,
     postprocess_rles,
 )
@@ -26,9 +28,11 @@ BACKENDS = ("felzenszwalb", "sam")
 __all__ = [
     "BACKENDS",
     "PAPER_MIN_AREA",
+    "SYNTH_FELZENSZWALB",
     "SYNTH_MIN_AREA_FRACTION",
     "ProposalStore",
     "default_min_area",
+    "default_options",
     "get_backend",
     "import_pcnet_proposals",
     "import_sam_rle_folder",

@@ -40,6 +40,7 @@ class FelzenszwalbBackend:
         min_area: float = PAPER_MIN_AREA,
         dedup_iou: float = 0.8,
         workers: int | None = None,
+        max_area: float | None = None,
     ) -> None:
         if not scales or any(float(s) <= 0 for s in scales):
             raise ConfigError(f"felzenszwalb scales must be positive numbers, got {scales!r}")
@@ -52,6 +53,10 @@ class FelzenszwalbBackend:
         self.max_proposals = int(max_proposals)
         self.min_area = float(min_area)
         self.dedup_iou = float(dedup_iou)
+        self.max_area = None if max_area is None else float(max_area)
+        if self.max_area is not None and self.max_area <= 0:
+            raise ConfigError(f"felzenszwalb max_area must be > 0 (pixels, or a fraction <= 1), "
+                              f"got {max_area}")
         # Processes that segment images in parallel (default: every core); the output does not
         # depend on it, so it is not part of the config.
         self.workers = max(1, int(workers) if workers is not None else (os.cpu_count() or 1))
@@ -61,7 +66,9 @@ class FelzenszwalbBackend:
         """Everything that changes the output: hashed into the store's folder name."""
         return {"scales": list(self.scales), "sigma": self.sigma, "min_size": self.min_size,
                 "max_side": self.max_side, "max_proposals": self.max_proposals,
-                "min_area": self.min_area, "dedup_iou": self.dedup_iou}
+                "min_area": self.min_area, "dedup_iou": self.dedup_iou,
+                # only when set, so stores built before the option keep their folder
+                **({"max_area": self.max_area} if self.max_area is not None else {})}
 
     def candidates(self, image: np.ndarray, min_pixels: int = 0) -> list[np.ndarray]:
         """Segments of every scale with >= `min_pixels` pixels, as bool masks [H, W] at full size."""
@@ -101,7 +108,7 @@ class FelzenszwalbBackend:
         # small segments go before encoding: most of a fine partition is tiny
         masks = self.candidates(image, threshold)
         return postprocess_rles(encode_masks(masks), self.max_proposals, self.min_area,
-                                self.dedup_iou)
+                                self.dedup_iou, self.max_area)
 
     def propose_batch(self, images: list[np.ndarray]) -> list[list[Rle]]:
         """`propose` for each image, spread over `workers` processes."""

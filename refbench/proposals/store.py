@@ -303,6 +303,19 @@ def open_store(folder: Path, dataset: Any) -> ProposalStore:
     return ProposalStore(dataset, backend_name, config, root=folder.parent.parent)
 
 
+def _default_folder(dataset: Any, backend_name: str, root: str | Path | None) -> Path | None:
+    """The store folder of `refbench proposals build`'s default config (felzenszwalb only: the
+    other backends' configs depend on a checkpoint)."""
+    if backend_name != "felzenszwalb":
+        return None
+    from refbench.proposals import default_options, get_backend
+
+    synthetic = getattr(getattr(dataset, "info", None), "split_by", "") == "synth"
+    engine = get_backend(backend_name, max_proposals=40, workers=1,
+                         **default_options(backend_name, synthetic))
+    return ProposalStore(dataset, backend_name, engine.config(), root=root).folder
+
+
 def load_proposals(
     dataset: Any,
     backend_name: str,
@@ -312,7 +325,9 @@ def load_proposals(
 ) -> ProposalStore:
     """The proposals of `dataset` from `backend_name`; a `DataError` naming the build command if missing.
 
-    Without `config`, the single store of that backend is used (several: pass `config`).
+    Without `config`, the single store of that backend is used; when there are several (e.g.
+    one built before refbench's SynthRef settings changed), the one `refbench proposals build`
+    makes by default, and otherwise a `ConfigError` asking for `config`.
     """
     hint = build_command(dataset, backend_name)
     if config is not None:
@@ -324,6 +339,9 @@ def load_proposals(
         folders = find_stores(dataset, backend_name, root)
         if not folders:
             raise DataError(f"no {backend_name} proposals for {dataset_key(dataset)}; run `{hint}`")
+        if len(folders) > 1:
+            default = _default_folder(dataset, backend_name, root)
+            folders = [p for p in folders if p == default] or folders
         if len(folders) > 1:
             names = ", ".join(p.name for p in folders)
             raise ConfigError(f"several {backend_name} proposal stores for {dataset_key(dataset)} "

@@ -24,7 +24,7 @@ from refbench.cues import load_cues
 from refbench.data.refer import ReferDataset
 from refbench.data.transforms import ModelImageTransform
 from refbench.metrics.scoring import score_batch
-from refbench.proposals import ProposalStore, default_min_area, get_backend
+from refbench.proposals import ProposalStore, default_options, get_backend
 from refbench.synth import compatibility, ensure_synthref
 from refbench.train import Trainer
 
@@ -37,6 +37,20 @@ def parse_value(text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+class ObjectMasks:
+    """Proposals that are exactly the image's object masks (for the --proposals objects run)."""
+
+    def __init__(self, dataset: ReferDataset) -> None:
+        self.dataset = dataset
+
+    def load(self, image_id: int, size: tuple[int, int]) -> torch.Tensor:
+        masks = torch.stack([torch.as_tensor(self.dataset.mask(a)).bool()
+                             for a in self.dataset.annotation_ids(image_id)])
+        resized = torch.nn.functional.interpolate(masks[:, None].float(), size=size,
+                                                  mode="nearest")[:, 0]
+        return resized > 0.5
 
 
 def evaluate(model: PCNet, dataset: ReferDataset) -> dict[str, float]:
@@ -78,6 +92,11 @@ def main() -> None:
     parser.add_argument("--eval-split", default="synth-val")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--false-negatives", action="store_true")
+    parser.add_argument(
+        "--proposals", choices=("felzenszwalb", "objects"), default="felzenszwalb",
+        help="objects: every object's ground-truth mask, class-agnostic (a perfect-SAM stand-in "
+        "that shows how much RaS/IaD depend on proposal quality; not weak supervision)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     parser.add_argument("--out", default="/tmp/pcnet-synthref")
     parser.add_argument("--results", default="/tmp/pcnet-synthref/results.jsonl")
@@ -92,8 +111,12 @@ def main() -> None:
     model = PCNet({"preset": "small", **overrides})
     proposals = None
     if int(model.config["num_proposals"]):
-        engine = get_backend("felzenszwalb", max_proposals=40, min_area=default_min_area(True))
-        proposals = ProposalStore(train, "felzenszwalb", engine.config())
+        if args.proposals == "objects":
+            proposals = ObjectMasks(train)
+        else:
+            engine = get_backend("felzenszwalb", max_proposals=40,
+                                 **default_options("felzenszwalb", True))
+            proposals = ProposalStore(train, "felzenszwalb", engine.config())
     false_negatives = None
     if args.false_negatives:
         def false_negatives(expressions, image_ids):  # noqa: ANN001, ANN202
@@ -107,7 +130,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     with open(os.path.join(out, "train_log.jsonl")) as handle:
         rates = [r for r in (json.loads(line).get("samples_per_s") for line in handle) if r]
-    result = {"set": overrides, "seed": args.seed, "steps": summary["step"],
+    result = {"set": overrides, "seed": args.seed, "proposals": args.proposals, "steps": summary["step"],
               "train_s": round(seconds, 1),
               "samples_per_s": round(float(np.mean(rates)), 1) if rates else None,
               "split": args.eval_split,
