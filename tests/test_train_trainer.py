@@ -159,6 +159,8 @@ def test_resume_continues_exactly(tmp_path: Path, k: int) -> None:
         assert group_a["lr"] == group_b["lr"]
     log_a = [r for r in read_jsonl(tmp_path / "straight" / "train_log.jsonl")[0]]
     log_b = [r for r in read_jsonl(tmp_path / "split" / "train_log.jsonl")[0]]
+    # the split run also validated where its first part stopped (step k, inside an epoch)
+    log_b = [r for r in log_b if not (r["kind"] == "val" and r["step"] == k and k % 4)]
     strip = [{k2: v for k2, v in r.items() if k2 != "samples_per_s"} for r in log_a]
     assert strip == [{k2: v for k2, v in r.items() if k2 != "samples_per_s"} for r in log_b]
     assert [r["step"] for r in log_a if r["kind"] == "train"] == list(range(1, 2 * k + 1))
@@ -186,6 +188,21 @@ def test_log_schedule_and_best_checkpoint(tmp_path: Path) -> None:
     restored = TinyModel.from_checkpoint(tmp_path / "best.pt")  # a plain model checkpoint too
     assert fake_evaluate(restored, None, tmp_path / "x")["metrics"]["PointM"] == best[
         "metrics"]["PointM"]
+
+
+def test_a_run_stopped_inside_an_epoch_validates_its_final_weights(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, max_steps=6)  # 4 steps per epoch: stops in epoch 2
+    summary = trainer.fit()
+    records, _ = read_jsonl(tmp_path / "train_log.jsonl")
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [4, 6]
+    assert (tmp_path / "val" / "step_000006").is_dir()
+    final = fake_evaluate(trainer.model, None, tmp_path / "x")["metrics"]["PointM"]
+    assert val[-1]["metrics"]["PointM"] == final
+    assert summary["best_value"] == max(r["metrics"]["PointM"] for r in val)
+    saved = load_checkpoint_file(tmp_path / "best.pt")
+    best_step = max(val, key=lambda r: r["metrics"]["PointM"])["step"]
+    assert saved["trainer"]["step"] == best_step
 
 
 def test_validation_that_reseeds_rngs_does_not_change_training(tmp_path: Path) -> None:

@@ -342,8 +342,10 @@ class Trainer:
         return {n: float(v) for n, v in zip(names, values.cpu().tolist())}
 
     # --- validation -----------------------------------------------------------------------
-    def _validate(self) -> float | None:
+    def _validate(self, folder: str | None = None) -> float | None:
         """Score the val split through `evaluate_fn` on every rank (the runner shards it).
+
+        folder: the run's name under val/ (default ``epoch_NNN``, the epochs completed).
 
         The runner seeds the RNGs itself, so they are saved before and restored after: training
         draws the same random numbers whether or not a validation ran in between.
@@ -352,7 +354,7 @@ class Trainer:
             return None
         rng = capture_rng()
         self.model.eval()
-        out = self.out_dir / "val" / f"epoch_{self.epoch:03d}"
+        out = self.out_dir / "val" / (folder or f"epoch_{self.epoch:03d}")
         with torch.no_grad():
             result = self.evaluate_fn(self.model, self.val_dataset, out_dir=out, **self.eval_kwargs)
         self.model.train()
@@ -374,6 +376,14 @@ class Trainer:
             dist.broadcast_object_list(holder, src=0)
             value = holder[0]
         return value
+
+    def _select(self, value: float | None) -> bool:
+        """Record `value` as the best so far if it is; True when it is (save best.pt)."""
+        improved = value is not None and (self.best["value"] is None or value > self.best["value"])
+        if improved:
+            self.best = {"metric": self.selection_metric, "value": value, "epoch": self.epoch,
+                         "step": self.step}
+        return improved
 
     # --- the loop -------------------------------------------------------------------------
     def _reached_max_steps(self) -> bool:
@@ -469,18 +479,18 @@ class Trainer:
                         break
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    value = self._validate()
-                    improved = value is not None and (
-                        self.best["value"] is None or value > self.best["value"]
-                    )
-                    if improved:
-                        self.best = {"metric": self.selection_metric, "value": value,
-                                     "epoch": self.epoch}
+                    improved = self._select(self._validate())
                     self._save("last.pt")
                     if improved:
                         self._save("best.pt")
                 if stopped:
+                    # `max_steps` ended the run inside an epoch: the weights it ends with are
+                    # validated too, or best.pt would be the last full epoch's (or missing).
+                    improved = self.batch_in_epoch > 0 and self._select(
+                        self._validate(f"step_{self.step:06d}"))
                     self._save("last.pt")
+                    if improved:
+                        self._save("best.pt")
         finally:
             if self._log_handle is not None:
                 self._log(flush=True)
