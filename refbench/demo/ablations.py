@@ -44,8 +44,8 @@ class Cell:
 
 # Table 2 (components). "L_cls" is the single-stage baseline without CRM: one stage reading the
 # full sentence (num_cues 0) through ADD modulation, i.e. Q + Q = 2Q, which the cosine map
-# ignores, so no cue enters the model; RaS and IaD off. "+CRM" is the full CRM (N = 3,
-# VTA+TTA) with L_cls only. RaS needs N >= 2 (Sec. 4.3), so Table 3's N = 1 has ras off.
+# ignores, so no cue enters the model; RaS and IaD off. "+CRM" is the small preset's CRM (N = 3,
+# ADD modulation, see plugins/pcnet config.SMALL_PRESET) with L_cls only. RaS needs N >= 2 (Sec. 4.3), so Table 3's N = 1 has ras off.
 TABLES: dict[str, list[Cell]] = {
     "Table 2": [
         Cell("Table 2", "L_cls", {"num_stages": 1, "num_cues": 0, "modulation": "ADD",

@@ -37,16 +37,15 @@ class ModelSpec:
         return ModelSpec(self.name, self.label, dict(self.overrides), self.epochs, max_steps)
 
 
-# PCNet's small preset (plugins/pcnet/refbench_pcnet/config.py) for a fixed number of steps.
-# At batch 32 a step took ~2 s on 2 busy CPU cores (plugins/pcnet/benchmarks/train_step.py:
-# 15 images/s), so 100 steps (3 200 of synth-train's 10 000 images) fit the demo's 10 minutes.
-# Replace with the tuned recipe when one is reported.
+# PCNet's and TRIS's small presets (plugins/*/refbench_*/config) for a fixed number of steps:
+# 600 steps of batch 32 (19 200 samples, about two passes over synth-train's 10 000 images).
+# Measured times are in docs/synthref.md.
 PCNET_DEMO = ModelSpec(
     name="pcnet",
     label="pcnet",
     overrides={"preset": "small"},
-    epochs=1,
-    max_steps=100,
+    epochs=2,
+    max_steps=600,
 )
 
 # TRIS's small preset (plugins/tris), the single-stage baseline PCNet builds on.
@@ -54,8 +53,8 @@ TRIS_DEMO = ModelSpec(
     name="tris",
     label="tris",
     overrides={"preset": "small"},
-    epochs=1,
-    max_steps=100,
+    epochs=2,
+    max_steps=600,
 )
 
 DEMO_MODELS: tuple[ModelSpec, ...] = (PCNET_DEMO, TRIS_DEMO)
