@@ -58,15 +58,14 @@ def build_command(split: str, data_root: str | None, backend: str, checkpoint: s
                   model_type: str, max_proposals: int, min_area: float | None, device: str,
                   batch_size: int) -> None:
     """Compute the proposals of every image of a split not cached yet (resumable)."""
-    from refbench.proposals import ProposalStore, get_backend
+    from refbench.proposals import ProposalStore, default_options, get_backend
 
     dataset = _open_dataset(split, data_root)
-    from refbench.proposals import default_options
-
     synthetic = getattr(dataset.info, "split_by", "") == "synth"
     options: dict[str, Any] = {"max_proposals": max_proposals,
-                               **default_options(backend, synthetic),
-                               "min_area": _min_area(dataset, min_area)}
+                               **default_options(backend, synthetic)}
+    if min_area is not None:
+        options["min_area"] = min_area
     if backend == "sam":
         if checkpoint is None:
             raise ConfigError("--backend sam needs --checkpoint (a segment-anything .pth file)")

@@ -88,7 +88,7 @@ PAPER_CONFIG: dict[str, Any] = {
 # SynthRef / CPU: the same architecture with tiny widths, trained from scratch on 96 px scenes.
 # What it takes to localise there at all (plugins/pcnet/README.md, "SynthRef results"):
 # - stride 4 (ResNet layer 1, a 24x24 map): at stride 8 the peak landed next to the object
-#   (median 6-11 px off) and PointM stayed near chance; coordinate channels let "left" be said;
+#   and PointM stayed near chance; coordinate channels let "left" be said;
 # - the hashed-word BiGRU text encoder: a random-init CLIP text transformer scored every
 #   sentence alike on some seeds (L_cls stuck at ln B);
 # - symmetric InfoNCE with mean+max pooling: the paper's BCE (1 positive, B - 1 negatives)
@@ -96,7 +96,7 @@ PAPER_CONFIG: dict[str, Any] = {
 # - ADD modulation without other images' cues: with VTA+TTA the query mixes in the image's own
 #   features and the peaks went to the background;
 # - the "exclusive" IaD: Eq. 9 has no gradient when both texts pick the same proposal;
-# - lr 1e-3: at 3e-3 one seed in two or three put most peaks on the background.
+# - lr 1e-3: at 3e-3 one of the two seeds tried put most peaks on the background.
 SMALL_PRESET: dict[str, Any] = {
     "preset": "small",
     "backbone_weights": None,
