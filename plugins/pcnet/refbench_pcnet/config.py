@@ -80,6 +80,13 @@ PAPER_CONFIG: dict[str, Any] = {
     "iad_temperature": 0.1,
     "num_proposals": 40,  # P
     "num_distinct": 1,  # N_d
+    # refbench's options (not the paper's), off by default: "region_pooling" replaces the max
+    # term of mean+max pooling by the best proposal's mean response (max_p avg_{m_p} R);
+    # "map_smoothing" k > 1 averages every map over k x k cells (train and predict);
+    # "background_weight" weighs the share of the positive map's mass outside every proposal.
+    "region_pooling": False,
+    "map_smoothing": 0,
+    "background_weight": 0.0,
     "input_size": 320,
     # The training schedule (AdamW lr 5e-5, backbone x0.1, weight decay 1e-2, batch 36,
     # 15 epochs, poly 0.9, clipping 1.0) is the paper's and comes from TrainableModel.
@@ -171,7 +178,17 @@ def validate(config: Mapping[str, Any]) -> None:
         fail("num_distinct", "N_d must be 0 or more")
     if int(config["num_proposals"]) < 0:
         fail("num_proposals", "P must be 0 or more")
-    if (config["ras"] or (config["iad"] and int(config["num_distinct"]) > 0)) and int(
-        config["num_proposals"]
-    ) < 1:
-        fail("num_proposals", "RaS and IaD need mask proposals; set ras=false iad=false or P > 0")
+    if int(config["map_smoothing"]) < 0:
+        fail("map_smoothing", "a kernel size: 0 or 1 (off) or more")
+    if float(config["background_weight"]) < 0:
+        fail("background_weight", "must be 0 (off) or positive")
+    if config["region_pooling"] and config["pooling"] != "mean+max":
+        fail("region_pooling", "replaces the max term of pooling=mean+max; set pooling=mean+max")
+    if int(config["num_proposals"]) < 1 and (
+        config["ras"]
+        or (config["iad"] and int(config["num_distinct"]) > 0)
+        or config["region_pooling"]
+        or float(config["background_weight"]) > 0
+    ):
+        fail("num_proposals", "RaS, IaD, region_pooling and background_weight need mask "
+             "proposals; switch them off or set P > 0")

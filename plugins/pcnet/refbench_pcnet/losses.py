@@ -146,3 +146,30 @@ def iad_loss(
     distance = (y_target[:, None] - y_distinct).pow(2).sum(-1)  # [B, D, N]
     per_pair = (1 - distance).mean(dim=-1)  # averaged over stages
     return per_pair[keep].mean()
+
+
+def region_pool(maps: Tensor, proposals: Tensor, valid: Tensor) -> Tensor:
+    """Image-text scores mean(R) + max_p avg_{m_p}(R): maps [B, T, hw] -> [B, T].
+
+    proposals: [B, P, hw] soft masks of image b; valid: [B, P]. An image without a valid
+    proposal falls back to the pixel max.
+    """
+    mean = maps.mean(-1)
+    area = proposals.sum(-1).clamp_min(1e-6)  # [B, P]
+    region = torch.einsum("btx,bpx->btp", maps, proposals) / area[:, None]
+    region = region.masked_fill(~valid[:, None], float("-inf")).amax(-1)
+    has = valid.any(dim=1, keepdim=True)
+    return mean + torch.where(has, region, maps.amax(-1))
+
+
+def background_share(maps: Tensor, proposals: Tensor, valid: Tensor) -> Tensor:
+    """Share of each map's mass outside every valid proposal, averaged: [B, N, hw] -> scalar.
+
+    Images without a valid proposal are left out (0 when none has one).
+    """
+    union = (proposals * valid[..., None].to(proposals.dtype)).amax(dim=1)  # [B, hw]
+    outside = (maps * (1 - union[:, None])).sum(-1) / maps.sum(-1).clamp_min(1e-6)  # [B, N]
+    has = valid.any(dim=1)
+    if not bool(has.any()):
+        return maps.sum() * 0.0
+    return outside[has].mean()

@@ -39,7 +39,13 @@ from refbench.nn import (
 )
 from refbench_pcnet.config import ARCHITECTURE_KEYS, PAPER_CONFIG, preset_defaults, validate
 from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
-from refbench_pcnet.losses import iad_loss, proposals_to_map, ras_loss
+from refbench_pcnet.losses import (
+    background_share,
+    iad_loss,
+    proposals_to_map,
+    ras_loss,
+    region_pool,
+)
 
 
 class PositionLayerNorm(torch.nn.Module):
@@ -202,6 +208,7 @@ class PCNet(TrainableModel):
         cues = self._cue_embeddings(expressions)  # [N, E, C]
         per_expression = visual[batch.image_index()]  # [E, hw, C]
         logits = self.crm(per_expression, query[:, None], cues[:, :, None])  # [E, 1, N, hw]
+        logits = self._smooth(logits, (height, width))
         maps = normalise_response(logits[:, 0].float())
         stage_maps = maps.view(len(expressions), self.num_stages, height, width)
         return Prediction(response_maps=stage_maps[:, -1].contiguous(), stage_maps=stage_maps)
@@ -264,6 +271,11 @@ class PCNet(TrainableModel):
             )  # [B, slots]: the image whose positive cue slot e must not see twice
             bank_keep = owner[..., None] != torch.arange(num_images, device=device)
         cosine = self.crm(visual, query, cues, bank, bank_keep)  # [B, slots, N, hw]
+        cosine = self._smooth(cosine, (height, width))
+        proposals = batch.extras.get("proposals")
+        soft = valid = None
+        if proposals is not None:
+            soft, valid = proposals_to_map(proposals.to(device), (height, width))
 
         losses: dict[str, Tensor] = {}
         logits = cosine * self.temperature()
@@ -273,15 +285,24 @@ class PCNet(TrainableModel):
                 num_images, dtype=torch.bool, device=device
             )
         grid = logits[:, :num_images].float()  # [B, B, N, hw]
-        for n in range(stages):
-            maps = grid[:, :, n].reshape(num_images, num_images, height, width)
-            scores = pool_response(
-                maps,
-                cfg["pooling"],
-                float(cfg["softmax_temperature"]),
-                float(cfg["focal_p"]),
-                float(cfg["focal_c"]),
+        needs_proposals = bool(cfg["region_pooling"]) or float(cfg["background_weight"]) > 0
+        if needs_proposals and soft is None:
+            raise ConfigError(
+                "pcnet with region_pooling or background_weight needs batch.extras['proposals']; "
+                "set num_proposals > 0 in the training config"
             )
+        for n in range(stages):
+            if cfg["region_pooling"]:
+                scores = region_pool(grid[:, :, n], soft, valid)
+            else:
+                maps = grid[:, :, n].reshape(num_images, num_images, height, width)
+                scores = pool_response(
+                    maps,
+                    cfg["pooling"],
+                    float(cfg["softmax_temperature"]),
+                    float(cfg["focal_p"]),
+                    float(cfg["focal_c"]),
+                )
             if cfg["cls_loss"] == "infonce":
                 cls = contrastive_loss(scores, ignore)
             else:
@@ -290,17 +311,20 @@ class PCNet(TrainableModel):
 
         use_ras = bool(cfg["ras"]) and stages > 1
         use_iad = distinct_per_image > 0
-        if use_ras or use_iad:
-            proposals = batch.extras.get("proposals")
-            if proposals is None:
+        use_background = float(cfg["background_weight"]) > 0
+        if use_ras or use_iad or use_background:
+            if soft is None:
                 raise ConfigError(
                     "pcnet with ras/iad needs batch.extras['proposals'] [B, P, S, S]; set "
                     "num_proposals > 0 in the training config, or ras=false iad=false"
                 )
-            soft, valid = proposals_to_map(proposals.to(device), (height, width))
             responses = normalise_response(logits.float())  # [B, slots, N, hw]
             own = torch.arange(num_images, device=device)
             target = responses[own, own]  # [B, N, hw]
+            if use_background:
+                losses["background"] = float(cfg["background_weight"]) * background_share(
+                    target, soft, valid
+                )
             if use_ras:
                 ras, _ = ras_loss(target, soft, valid, cfg["ras_alignment"])
                 losses["ras"] = float(cfg["ras_weight"]) * ras
@@ -318,6 +342,18 @@ class PCNet(TrainableModel):
                 )
                 losses["iad"] = float(cfg["iad_weight"]) * iad
         return losses
+
+    def _smooth(self, maps: Tensor, size: tuple[int, int]) -> Tensor:
+        """Average each map over k x k cells (``map_smoothing``): [..., hw] -> [..., hw]."""
+        kernel = int(self.config["map_smoothing"])
+        if kernel <= 1:
+            return maps
+        lead = maps.shape[:-1]
+        grid = maps.reshape(-1, 1, *size)
+        smoothed = torch.nn.functional.avg_pool2d(
+            grid, kernel, stride=1, padding=kernel // 2, count_include_pad=False
+        )[..., : size[0], : size[1]]
+        return smoothed.reshape(*lead, -1)
 
     # --- checkpoints ----------------------------------------------------------------------
     @classmethod

@@ -7,10 +7,12 @@ import pytest
 import torch
 from refbench_pcnet.losses import (
     alignment_scores,
+    background_share,
     iad_loss,
     localization_ambiguity,
     proposals_to_map,
     ras_loss,
+    region_pool,
     soft_iou,
     straight_through_index,
 )
@@ -222,3 +224,33 @@ def test_contrastive_loss_matches_a_numpy_infonce_with_ignored_pairs() -> None:
     assert got.item() == pytest.approx(want, rel=1e-5)
     plain = 0.5 * (ce(scores, ~np.ones_like(ignore)) + ce(scores.T, ~np.ones_like(ignore)))
     assert contrastive_loss(_t(scores)).item() == pytest.approx(plain, rel=1e-5)
+
+
+def test_region_pool_is_the_mean_plus_the_best_proposal_mean() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(2, 3, 6))  # 2 images x 3 texts
+    proposals = np.stack([PROPOSALS, PROPOSALS[[2, 0, 1, 3]]])
+    valid = np.stack([VALID, np.array([True, False, False, False])])
+    got = region_pool(_t(maps), _t(proposals), torch.tensor(valid)).numpy()
+    for b in range(2):
+        for t in range(3):
+            region = max((maps[b, t] * m).sum() / m.sum()
+                         for m, ok in zip(proposals[b], valid[b]) if ok)
+            assert got[b, t] == pytest.approx(maps[b, t].mean() + region, rel=1e-5)
+    # an image without proposals falls back to the pixel max
+    none = region_pool(_t(maps), _t(proposals), torch.zeros(2, 4, dtype=torch.bool)).numpy()
+    np.testing.assert_allclose(none, maps.mean(-1) + maps.max(-1), rtol=1e-5)
+
+
+def test_background_share_is_the_mass_outside_every_valid_proposal() -> None:
+    maps = np.array([[[0.0, 1.0, 0.0, 0.0, 0.5, 0.5]], [[1.0, 0.0, 0.0, 0.0, 0.0, 1.0]]])
+    valid = np.stack([np.array([True, False, True, False]), np.array([True, True, False, False])])
+    # image 0: union = cells 0, 1, 4, 5 -> nothing outside; image 1: union = cells 0-3 -> half
+    got = background_share(_t(maps), _t(np.stack([PROPOSALS, PROPOSALS])), torch.tensor(valid))
+    assert got.item() == pytest.approx((0.0 + 0.5) / 2)
+    maps_t = _t(maps).requires_grad_(True)
+    background_share(maps_t, _t(np.stack([PROPOSALS, PROPOSALS])), torch.tensor(valid)).backward()
+    assert maps_t.grad[1, 0, 5] > 0 > maps_t.grad[1, 0, 0]  # mass off the proposals is penalised
+    # images without a proposal are left out; none at all gives 0
+    empty = torch.zeros(2, 4, dtype=torch.bool)
+    assert background_share(_t(maps), _t(np.stack([PROPOSALS] * 2)), empty).item() == 0.0

@@ -93,6 +93,19 @@ def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
     assert "random init" in model.weights_description
 
 
+def test_proposal_options_need_proposals_and_valid_values() -> None:
+    for bad, key in (
+        ({"num_proposals": 0, "ras": False, "iad": False, "region_pooling": True}, "num_proposals"),
+        ({"num_proposals": 0, "ras": False, "iad": False, "background_weight": 1.0},
+         "num_proposals"),
+        ({"region_pooling": True, "pooling": "tris"}, "region_pooling"),
+        ({"map_smoothing": -1}, "map_smoothing"),
+        ({"background_weight": -0.5}, "background_weight"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            PCNet({**TINY, **bad})
+
+
 def test_bad_config_values_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="modulation"):
         PCNet({**TINY, "modulation": "CONCAT"})
@@ -154,6 +167,10 @@ def test_missing_cues_fall_back_to_the_sentence_with_one_warning() -> None:
         ({"modulation": "VTA+ADD", "ras_alignment": "avg", "iad_alignment": "avg"}, None),
         ({"cls_loss": "infonce", "iad_form": "exclusive"}, {"cls/stage1", "cls/stage2",
                                                             "cls/stage3", "ras", "iad"}),
+        ({"background_weight": 1.0, "map_smoothing": 3, "region_pooling": True},
+         {"cls/stage1", "cls/stage2", "cls/stage3", "ras", "iad", "background"}),
+        ({"num_stages": 1, "ras": False, "iad": False, "background_weight": 0.5},
+         {"cls/stage1", "background"}),
     ],
 )
 def test_training_step_returns_the_switched_on_losses(overrides: dict, keys: set | None) -> None:
@@ -190,12 +207,40 @@ def test_false_negatives_are_left_out_of_l_cls() -> None:
     assert only_positives != pytest.approx(base)
 
 
-def test_training_needs_proposals_when_ras_is_on() -> None:
-    model = PCNet(TINY).train()
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"ras": False, "iad": False, "region_pooling": True},
+     {"ras": False, "iad": False, "background_weight": 1.0}],
+)
+def test_training_needs_proposals_when_a_proposal_loss_is_on(overrides: dict) -> None:
+    model = PCNet({**TINY, **overrides}).train()
     batch = _batch()
     batch.extras.pop("proposals")
     with pytest.raises(ConfigError, match="proposals"):
         model.training_step(batch)
+
+
+def test_map_smoothing_averages_each_map_over_k_by_k_cells() -> None:
+    torch.manual_seed(0)
+    plain = PCNet({**TINY, "ras": False, "iad": False})
+    smoothed = PCNet({**TINY, "ras": False, "iad": False, "map_smoothing": 3})
+    smoothed.load_state_dict(plain.state_dict())
+    maps = torch.rand(2, 3, 5 * 4)
+    got = smoothed._smooth(maps, (5, 4)).view(2, 3, 5, 4)
+    grid = maps.view(2, 3, 5, 4)
+    # a cell's mean over the cells of its 3 x 3 neighbourhood that lie inside the map
+    y, x = 0, 2
+    assert got[1, 2, y, x] == pytest.approx(grid[1, 2, 0:2, 1:4].mean().item(), rel=1e-5)
+    y, x = 2, 1
+    assert got[0, 1, y, x] == pytest.approx(grid[0, 1, 1:4, 0:3].mean().item(), rel=1e-5)
+    assert torch.equal(plain._smooth(maps, (5, 4)), maps)
+    # predict answers with the smoothed map: the peak of one bright cell spreads to its ring
+    plain.eval()
+    smoothed.eval()
+    batch = _batch(1)
+    a = plain.predict(Batch(batch.images, batch.expressions)).response_maps
+    b = smoothed.predict(Batch(batch.images, batch.expressions)).response_maps
+    assert a.shape == b.shape and not torch.allclose(a, b)
 
 
 def test_a_few_adamw_steps_reduce_the_total_loss() -> None:
