@@ -53,8 +53,45 @@ class ObjectMasks:
         return resized > 0.5
 
 
+def peak_object(scene: list[dict], masks: list[np.ndarray], peak: list[int]) -> dict | None:
+    """The scene object whose mask holds the peak [y, x], or None (background)."""
+    for obj, mask in zip(scene, masks):
+        if mask[peak[0], peak[1]]:
+            return obj
+    return None
+
+
+def matches(obj: dict, descriptor: dict | None) -> bool:
+    """Whether a scene object has every attribute the descriptor names."""
+    return descriptor is not None and all(
+        obj[key] == value for key, value in descriptor.items() if value is not None
+    )
+
+
+def where_peaks_land(records: list[dict]) -> dict[str, float]:
+    """Shares of sentences whose peak is on the target, on another object that the target
+    phrase also describes (a look-alike), on the relation's anchor, elsewhere, or on the
+    background."""
+    counts = {"target": 0, "lookalike": 0, "anchor": 0, "other": 0, "background": 0}
+    for r in records:
+        obj, meaning = r["peak_object"], r["meaning"]
+        if obj is None:
+            counts["background"] += 1
+        elif obj["ann_id"] == r["ann_id"]:
+            counts["target"] += 1
+        elif matches(obj, meaning["target"]):
+            counts["lookalike"] += 1
+        elif matches(obj, meaning.get("anchor")):
+            counts["anchor"] += 1
+        else:
+            counts["other"] += 1
+    return {k: round(v / max(1, len(records)), 3) for k, v in counts.items()}
+
+
 def evaluate(model: PCNet, dataset: ReferDataset) -> dict[str, float]:
-    """PointM overall and per template, and the share of peaks off every object."""
+    """PointM overall and per template, the share of peaks off every object, and where the
+    peaks of each template land (target, look-alike, anchor, other object, background)."""
+    scenes = json.loads((dataset.instances_path.parent / "scenes.json").read_text())
     model.eval()
     transform = ModelImageTransform.for_model(model.config)
     records = []
@@ -69,8 +106,15 @@ def evaluate(model: PCNet, dataset: ReferDataset) -> dict[str, float]:
             [torch.as_tensor(dataset.mask(a)).bool() for a in dataset.annotation_ids(image_id)]
         )
         scored = score_batch(maps, height, width, gt, boxes, "tris", object_masks=objects)
+        ann_ids = dataset.annotation_ids(image_id)
+        by_ann = {o["ann_id"]: o for o in scenes["objects"][str(image_id)]}
+        scene = [by_ann[a] for a in ann_ids]
+        masks = [m.numpy() for m in objects]
         for expression, record in zip(expressions, scored):
             record["template"] = dataset.sentence(expression.key).extra.get("template")
+            record["meaning"] = scenes["meanings"][str(expression.sent_id)]
+            record["ann_id"] = expression.ann_id
+            record["peak_object"] = peak_object(scene, masks, record["peak"])
             records.append(record)
 
     def point_m(rows: list[dict]) -> float:
@@ -80,6 +124,8 @@ def evaluate(model: PCNet, dataset: ReferDataset) -> dict[str, float]:
               "background": round(float(np.mean([r["on_background"] for r in records])), 3)}
     for template in TEMPLATES:
         result[template] = point_m([r for r in records if r["template"] == template])
+    result["peaks"] = {t: where_peaks_land([r for r in records if r["template"] == t])
+                       for t in TEMPLATES}
     return result
 
 

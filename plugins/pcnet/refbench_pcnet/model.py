@@ -89,7 +89,7 @@ class PCNet(TrainableModel):
 
     @classmethod
     def small_config(cls) -> dict[str, Any]:
-        """The SynthRef/CPU preset: small CLIP config, random init, 96 px, stride 8, C = 64."""
+        """The SynthRef/CPU preset: small CLIP config, random init, 96 px, stride 4, C = 64."""
         return preset_defaults(cls.default_config(), "small")
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
@@ -215,7 +215,7 @@ class PCNet(TrainableModel):
 
     # --- training -------------------------------------------------------------------------
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Weighted losses: ``cls/stage1..N``, and ``ras``, ``iad`` when switched on."""
+        """Weighted losses: ``cls/stage1..N``, and ``ras``, ``iad``, ``background`` when on."""
         cfg = self.config
         images = batch.images
         num_images = images.shape[0]

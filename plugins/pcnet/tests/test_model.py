@@ -60,6 +60,11 @@ def test_presets_and_paper_defaults() -> None:
     assert paper["text_encoder"] == "clip" and paper["cls_loss"] == "bce"
     # the largest-first proposal list must reach the objects of a 96 px SynthRef scene
     assert small["num_proposals"] == 40
+    # refbench's proposal-based options: off in the paper's config, the background term on in
+    # the small preset
+    assert paper["background_weight"] == 0 and not paper["region_pooling"]
+    assert paper["map_smoothing"] == 0
+    assert small["background_weight"] == 1.0
 
 
 @pytest.mark.parametrize(("norm", "kind"), [("group", torch.nn.GroupNorm), ("layer", torch.nn.LayerNorm)])
@@ -95,7 +100,8 @@ def test_small_preset_applies_under_user_overrides(model: PCNet) -> None:
 
 def test_proposal_options_need_proposals_and_valid_values() -> None:
     for bad, key in (
-        ({"num_proposals": 0, "ras": False, "iad": False, "region_pooling": True}, "num_proposals"),
+        ({"num_proposals": 0, "ras": False, "iad": False, "background_weight": 0.0,
+          "region_pooling": True}, "num_proposals"),
         ({"num_proposals": 0, "ras": False, "iad": False, "background_weight": 1.0},
          "num_proposals"),
         ({"region_pooling": True, "pooling": "tris"}, "region_pooling"),
@@ -158,19 +164,21 @@ def test_missing_cues_fall_back_to_the_sentence_with_one_warning() -> None:
 @pytest.mark.parametrize(
     ("overrides", "keys"),
     [
-        ({}, {"cls/stage1", "cls/stage2", "cls/stage3", "ras", "iad"}),
-        ({"ras": False}, {"cls/stage1", "cls/stage2", "cls/stage3", "iad"}),
-        ({"iad": False, "num_stages": 2}, {"cls/stage1", "cls/stage2", "ras"}),
-        ({"num_distinct": 0, "num_stages": 1}, {"cls/stage1"}),
+        ({}, {"cls/stage1", "cls/stage2", "cls/stage3", "ras", "iad", "background"}),
+        ({"ras": False}, {"cls/stage1", "cls/stage2", "cls/stage3", "iad", "background"}),
+        ({"iad": False, "num_stages": 2}, {"cls/stage1", "cls/stage2", "ras", "background"}),
+        ({"num_distinct": 0, "num_stages": 1, "background_weight": 0.0}, {"cls/stage1"}),
         ({"modulation": "ADD", "negative_cues": False}, None),
         ({"modulation": "TTA"}, None),
         ({"modulation": "VTA+ADD", "ras_alignment": "avg", "iad_alignment": "avg"}, None),
-        ({"cls_loss": "infonce", "iad_form": "exclusive"}, {"cls/stage1", "cls/stage2",
-                                                            "cls/stage3", "ras", "iad"}),
+        ({"cls_loss": "infonce", "iad_form": "exclusive", "background_weight": 0.0},
+         {"cls/stage1", "cls/stage2", "cls/stage3", "ras", "iad"}),
         ({"background_weight": 1.0, "map_smoothing": 3, "region_pooling": True},
          {"cls/stage1", "cls/stage2", "cls/stage3", "ras", "iad", "background"}),
         ({"num_stages": 1, "ras": False, "iad": False, "background_weight": 0.5},
          {"cls/stage1", "background"}),
+        ({"num_stages": 1, "ras": False, "iad": False, "background_weight": 0.0,
+          "num_proposals": 0}, {"cls/stage1"}),
     ],
 )
 def test_training_step_returns_the_switched_on_losses(overrides: dict, keys: set | None) -> None:
@@ -209,7 +217,7 @@ def test_false_negatives_are_left_out_of_l_cls() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"ras": False, "iad": False, "region_pooling": True},
+    [{}, {"ras": False, "iad": False, "background_weight": 0.0, "region_pooling": True},
      {"ras": False, "iad": False, "background_weight": 1.0}],
 )
 def test_training_needs_proposals_when_a_proposal_loss_is_on(overrides: dict) -> None:
