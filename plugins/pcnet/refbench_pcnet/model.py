@@ -285,11 +285,14 @@ class PCNet(TrainableModel):
                 num_images, dtype=torch.bool, device=device
             )
         grid = logits[:, :num_images].float()  # [B, B, N, hw]
-        needs_proposals = bool(cfg["region_pooling"]) or float(cfg["background_weight"]) > 0
-        if needs_proposals and soft is None:
+        use_ras = bool(cfg["ras"]) and stages > 1
+        use_iad = distinct_per_image > 0
+        use_background = float(cfg["background_weight"]) > 0
+        if (use_ras or use_iad or use_background or cfg["region_pooling"]) and soft is None:
             raise ConfigError(
-                "pcnet with region_pooling or background_weight needs batch.extras['proposals']; "
-                "set num_proposals > 0 in the training config"
+                "pcnet with ras, iad, region_pooling or background_weight needs "
+                "batch.extras['proposals'] [B, P, S, S]; set num_proposals > 0 in the training "
+                "config, or switch them off"
             )
         for n in range(stages):
             if cfg["region_pooling"]:
@@ -309,15 +312,7 @@ class PCNet(TrainableModel):
                 cls = classification_loss(scores, ignore=ignore)
             losses[f"cls/stage{n + 1}"] = float(cfg["cls_weight"]) * cls
 
-        use_ras = bool(cfg["ras"]) and stages > 1
-        use_iad = distinct_per_image > 0
-        use_background = float(cfg["background_weight"]) > 0
         if use_ras or use_iad or use_background:
-            if soft is None:
-                raise ConfigError(
-                    "pcnet with ras/iad needs batch.extras['proposals'] [B, P, S, S]; set "
-                    "num_proposals > 0 in the training config, or ras=false iad=false"
-                )
             responses = normalise_response(logits.float())  # [B, slots, N, hw]
             own = torch.arange(num_images, device=device)
             target = responses[own, own]  # [B, N, hw]
