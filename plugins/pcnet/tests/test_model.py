@@ -268,6 +268,38 @@ def test_a_few_adamw_steps_reduce_the_total_loss() -> None:
     assert final < history[0] - 0.1, (history, final)
 
 
+def test_the_background_term_moves_response_onto_the_proposals() -> None:
+    batch = _batch()
+    positives = [[group[0]] for group in batch.expressions]
+    touched = torch.nn.functional.adaptive_max_pool2d(
+        batch.extras["proposals"].any(dim=1, keepdim=True).float(), (16, 16)
+    )[:, 0]  # [B, h, w]: map cells that some proposal touches
+
+    def share_off_proposals(model: PCNet) -> float:
+        """The positive maps' mass on cells that no proposal touches, from predict's maps.
+
+        In train mode: after 10 steps on one batch, BatchNorm's running statistics are still
+        far from the batch's, and eval-mode maps are all zero for either weight.
+        """
+        maps = model.predict(Batch(batch.images, positives)).response_maps  # [B, h, w]
+        assert maps.shape[-2:] == touched.shape[-2:] and maps.sum() > 0
+        return float((maps * (1 - touched)).sum() / maps.sum())
+
+    shares = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = PCNet({**TINY, "ras": False, "iad": False, "background_weight": weight}).train()
+        before = share_off_proposals(model)
+        optimizer = torch.optim.AdamW(model.parameter_groups(), lr=3e-3, weight_decay=0.0)
+        for _ in range(10):
+            total = sum(model.training_step(batch).values())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+        shares[weight] = share_off_proposals(model)
+    assert shares[1.0] < before and shares[1.0] < 0.7 * shares[0.0], (before, shares)
+
+
 def test_unused_backbone_parts_get_no_gradient(model: PCNet) -> None:
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert not any(".attnpool." in n or ".layer2." in n or ".layer4." in n for n in trainable)
