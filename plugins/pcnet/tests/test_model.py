@@ -242,7 +242,7 @@ def test_map_smoothing_averages_each_map_over_k_by_k_cells() -> None:
     y, x = 2, 1
     assert got[0, 1, y, x] == pytest.approx(grid[0, 1, 1:4, 0:3].mean().item(), rel=1e-5)
     assert torch.equal(plain._smooth(maps, (5, 4)), maps)
-    # predict answers with the smoothed map: the peak of one bright cell spreads to its ring
+    # predict goes through the smoothing too: same weights, another answer
     plain.eval()
     smoothed.eval()
     batch = _batch(1)
