@@ -115,14 +115,21 @@ def test_two_cell_grid_end_to_end(tmp_path):
     generate(root, images={"train": 16, "val": 4, "test": 4})
     base = ModelSpec("pcnet", "pcnet", {"preset": "small", "batch_size": 4, "warmup_steps": 0,
                                         "hidden_dim": 16}, epochs=1, max_steps=2)
-    cells = (TABLES["Table 3"][0], TABLES["Table 3"][1])
+    # Table 3's N=3 is the preset, i.e. Table 2's "all": one model, trained once
+    cells = (TABLES["Table 3"][0], TABLES["Table 2"][4], TABLES["Table 3"][2])
     options = GridOptions(seeds=1, work_dir=tmp_path / "work", out_dir=tmp_path / "lb",
                           data_root=root, base=base, cells=cells, progress=False,
                           budget_minutes=0.05)
     results = run_ablations(options)
-    assert [r.cell.row for r in results] == ["N=1", "N=2"]
+    assert [r.cell.row for r in results] == ["N=1", "all", "N=3"]
+    assert len(list((tmp_path / "work" / "train").iterdir())) == 2
+    assert results[2].run_dirs == results[1].run_dirs
+    assert results[2].values == results[1].values and results[2].shares_runs_of == cells[1]
+    assert results[1].shares_runs_of is None
     md = (tmp_path / "lb" / "synthref-ablations.md").read_text()
-    assert "| N=1 | 1 |" in md and "| N=2 | 1 |" in md and "budget 0.05 min" in md
+    assert "| N=1 | 1 |" in md and "| all | 1 |" in md and "| N=3 (= Table 2 all) | 1 |" in md
+    # 0.05 min over 2 distinct cells x 1 seed: 1.5 s of training each
+    assert "budget 0.05 min" in md and "(2 s of training each" in md
     assert (tmp_path / "lb" / "synthref-ablations.tex").is_file()
     again = run_ablations(options)  # every cell's run exists: nothing is trained again
     assert [r.run_dirs for r in again] == [r.run_dirs for r in results]

@@ -17,7 +17,7 @@ def reproduce_group() -> None:
 @click.option("--split", default="synth-test", show_default=True, help="Split scored per cell.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per cell (0..N-1).")
 @click.option("--budget", "budget_minutes", type=float, default=None,
-              help="Training minutes for the whole grid, spread over cells x seeds.")
+              help="Training minutes for the whole grid, spread over its distinct models x seeds.")
 @click.option("--only", multiple=True, help="Tables to run (2, 3, 4, 5); repeatable.")
 @click.option("--work-dir", default="runs/ablations", show_default=True,
               help="Folder for the grid's runs (cells already there are skipped).")

@@ -97,6 +97,7 @@ class CellResult:
     std: dict[str, float]
     ci: dict[str, tuple[float, float]]
     run_dirs: list[Path] = field(default_factory=list)
+    shares_runs_of: Cell | None = None  # an earlier cell with the same resolved config
 
 
 def aggregate(
@@ -183,9 +184,12 @@ def render_tables(
         for result in rows:
             ours = [_cell_text(result, m) for m in METRICS]
             paper = [reported.get((table, result.cell.row, m), "-") for m in METRICS]
-            md.append(f"| {result.cell.row} | {len(result.seeds)} | "
+            row = result.cell.row
+            if result.shares_runs_of is not None:
+                row += f" (= {result.shares_runs_of.table} {result.shares_runs_of.row})"
+            md.append(f"| {row} | {len(result.seeds)} | "
                       + " | ".join(f"{o} | {p}" for o, p in zip(ours, paper)) + " |")
-            tex.append(latex_escape(result.cell.row) + " & " + " & ".join(
+            tex.append(latex_escape(row) + " & " + " & ".join(
                 f"{latex_escape(o)} & {latex_escape(p)}" for o, p in zip(ours, paper)) + r" \\")
     tex += [r"\bottomrule", r"\end{tabular}",
             r"\caption{PCNet ablations on SynthRef (ours) beside RefCOCOg Val (G) (paper).}",
@@ -245,14 +249,30 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
         test = ReferDataset(data_root, info)
         specs = [cell_spec(c, options.base) for c in cells]
         prepared = pipeline.prepare_inputs(specs, [train, val, test])
-        jobs = len(cells) * options.seeds
+        # Rows of different tables can be one model (Table 3's N=3, Table 4's ADD and Table
+        # 5's N_d=1 are the preset, i.e. Table 2's "all"): train those once and report both.
+        first_with: dict[str, int] = {}
+        same_as = [first_with.setdefault(pipeline.digest(prepared.probe(s).config), i)
+                   for i, s in enumerate(specs)]
+        jobs = sum(1 for i, j in enumerate(same_as) if i == j) * options.seeds
         per_job = (None if options.budget_minutes is None
                    else options.budget_minutes * 60.0 / jobs)
         speeds_path = work_dir / "speed.json"
         speeds = read_json_file(speeds_path) if speeds_path.is_file() else {}
-        results = []
+        results: list[CellResult] = []
+        per_seed_of: list[list[tuple[int, dict[str, float], list[dict[str, Any]]]]] = []
         start = time.perf_counter()
         for index, (cell, spec) in enumerate(zip(cells, specs)):
+            if same_as[index] != index:
+                earlier = results[same_as[index]]
+                if console is not None and options.progress:
+                    console.print(f"[{index + 1}/{len(cells)}] {cell.table} {cell.row}: the "
+                                  f"model of {earlier.cell.table} {earlier.cell.row}, reused")
+                result = aggregate(cell, per_seed_of[same_as[index]])
+                result.run_dirs, result.shares_runs_of = earlier.run_dirs, earlier.cell
+                results.append(result)
+                per_seed_of.append(per_seed_of[same_as[index]])
+                continue
             if per_job is not None:
                 probe = prepared.probe(spec)
                 key = pipeline.digest({"config": probe.config, "device": device})[:16]
@@ -287,6 +307,7 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
             result = aggregate(cell, per_seed)
             result.run_dirs = run_dirs
             results.append(result)
+            per_seed_of.append(per_seed)
         elapsed = time.perf_counter() - start
     header = grid_header(options, device, elapsed, per_job)
     md, tex = render_tables(results, header, reported)
@@ -307,7 +328,7 @@ def grid_header(options: GridOptions, device: str, elapsed: float,
     budget = ("no budget: each cell trains the demo's max_steps "
               f"({options.base.max_steps} steps, epochs {options.base.epochs})"
               if per_job is None else
-              f"budget {options.budget_minutes:g} min spread over cells x seeds "
+              f"budget {options.budget_minutes:g} min spread over distinct cells x seeds "
               f"({per_job:.0f} s of training each, steps from a measured samples/s)")
     return [
         f"command: {options.command}",
