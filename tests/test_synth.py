@@ -275,15 +275,18 @@ def test_chance_levels_closed_form_and_monte_carlo_agree(root):
             named = parse(sentence["sent"])["target"]
             shape_pool = [i for i, o in enumerate(objects) if o["shape"] == named["shape"]]
             cs_pool = [i for i in shape_pool if named["colour"] in (None, objects[i]["colour"])]
+            described = [i for i, o in enumerate(objects) if fits(named, o)]
             ys, xs = rng.integers(0, mask.shape[0], draws), rng.integers(0, mask.shape[1], draws)
             mc = {
                 "random_point": mask[ys, xs].mean(),
                 "random_object": (rng.integers(0, len(objects), draws) == target).mean(),
                 "shape_only": (rng.choice(shape_pool, draws) == target).mean(),
                 "colour_shape_only": (rng.choice(cs_pool, draws) == target).mean(),
+                "attribute_only": (rng.choice(described, draws) == target).mean(),
             }
             exact = {"random_point": mask.mean(), "random_object": 1 / len(objects),
-                     "shape_only": 1 / len(shape_pool), "colour_shape_only": 1 / len(cs_pool)}
+                     "shape_only": 1 / len(shape_pool), "colour_shape_only": 1 / len(cs_pool),
+                     "attribute_only": 1 / len(described)}
             rows.append((sentence["template"], mc, exact))
     assert result["sentences"] == len(rows)
     for template in (None, "attribute", "position", "superlative", "relation"):
@@ -291,7 +294,8 @@ def test_chance_levels_closed_form_and_monte_carlo_agree(root):
         levels = result["overall"] if template is None else result["per_template"][template]
         if not chosen:
             continue
-        for key in ("random_point", "random_object", "shape_only", "colour_shape_only"):
+        for key in ("random_point", "random_object", "shape_only", "colour_shape_only",
+                    "attribute_only"):
             simulated = np.mean([r[1][key] for r in chosen])
             exact = np.mean([r[2][key] for r in chosen])
             assert levels[key] == pytest.approx(exact, abs=1e-9)
@@ -299,6 +303,10 @@ def test_chance_levels_closed_form_and_monte_carlo_agree(root):
     assert sum(result["template_mix"].values()) == pytest.approx(1.0)
     assert result["overall"]["random_object"] < result["overall"]["shape_only"]
     assert result["overall"]["shape_only"] <= result["overall"]["colour_shape_only"] < 1.0
+    assert result["overall"]["colour_shape_only"] <= result["overall"]["attribute_only"] < 1.0
+    # an attribute sentence names its target's attributes uniquely; the others need more words
+    assert result["per_template"]["attribute"]["attribute_only"] == pytest.approx(1.0)
+    assert result["per_template"]["position"]["attribute_only"] == pytest.approx(0.5)
 
 
 def test_compatibility_matches_the_independent_checker(root):

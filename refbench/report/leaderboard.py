@@ -46,6 +46,7 @@ CHANCE_LABELS = {
     "random_object": "chance: random object",
     "shape_only": "chance: shape oracle",
     "colour_shape_only": "chance: colour+shape oracle",
+    "attribute_only": "chance: attribute oracle",
 }
 def backbone_label(model_config: dict) -> str:
     """The backbone column of a measured row: its architecture, marked when it is the tiny

@@ -10,6 +10,12 @@ every sentence of the split, overall and per template:
 - ``colour_shape_only``: a model that understands only the target's colour word (when the
   sentence names one) and shape word picks uniformly among the objects with that colour and
   shape: 1 / #objects matching them. Size, position, superlative and relation words are ignored.
+- ``attribute_only``: a model that understands every attribute word of the target phrase (size,
+  colour, shape) and nothing else picks uniformly among the objects the phrase describes. It is
+  1 on attribute sentences; on position, superlative and relation sentences it is the level of
+  a model that finds the described objects but cannot tell which direction a word means, which
+  image-text pairs alone do not fix on SynthRef (its scenes and sentences are mirror
+  symmetric: see docs/synthref.md, "Chance levels").
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from refbench.synth.grammar import TEMPLATES
 from refbench.synth.resolver import load_resolver
 from refbench.synth.variants import variant_of_dataset
 
-CHANCE_KEYS = ("random_point", "random_object", "shape_only", "colour_shape_only")
+CHANCE_KEYS = ("random_point", "random_object", "shape_only", "colour_shape_only",
+               "attribute_only")
 _MAX_FALSE_NEGATIVE_PAIRS = 400_000
 
 _SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool"}
@@ -95,6 +102,12 @@ def stats(data_root: Path, split_id: str) -> dict:
                 o["shape"] == named.shape and (named.colour is None or o["colour"] == named.colour)
                 for o in objects
             )
+            described = sum(
+                o["shape"] == named.shape
+                and (named.colour is None or o["colour"] == named.colour)
+                and (named.size is None or o["size"] == named.size)
+                for o in objects
+            )
             rows.append(
                 {
                     "template": sentence["template"],
@@ -104,6 +117,7 @@ def stats(data_root: Path, split_id: str) -> dict:
                     "random_object": 1.0 / len(objects),
                     "shape_only": 1.0 / same_shape,
                     "colour_shape_only": 1.0 / same_colour_shape,
+                    "attribute_only": 1.0 / described,
                     "distractor": shares > 1,
                     "lookalike": twins > 1,
                 }
