@@ -12,10 +12,10 @@ every sentence of the split, overall and per template:
   shape: 1 / #objects matching them. Size, position, superlative and relation words are ignored.
 - ``attribute_only``: a model that understands every attribute word of the target phrase (size,
   colour, shape) and nothing else picks uniformly among the objects the phrase describes. It is
-  1 on attribute sentences; on position, superlative and relation sentences it is the level of
-  a model that finds the described objects but cannot tell which direction a word means, which
-  image-text pairs alone do not fix on SynthRef (its scenes and sentences are mirror
-  symmetric: see docs/synthref.md, "Chance levels").
+  1 on attribute sentences; on the others it is the level of a model that finds the described
+  objects but not which one a direction word means. Image-text pairs alone teach neither size
+  nor direction words on SynthRef (docs/synthref.md, "What SynthRef can and cannot tell"), so
+  this is what reading size words would add, not a level weak supervision should reach.
 """
 
 from __future__ import annotations
