@@ -17,6 +17,8 @@ from refbench.demo.ablations import (
     load_reported_ablations,
     render_tables,
     run_ablations,
+    speed_provenance,
+    speed_value,
 )
 from refbench.demo.configs import ModelSpec
 from refbench.errors import ConfigError
@@ -107,6 +109,17 @@ def test_rendered_table_holds_ours_and_the_papers():
     assert "command: test" in md and r"\toprule" in tex and "56.3" in tex
 
 
+def test_speed_provenance_tells_old_and_new_measurements_apart():
+    new = {"samples_per_s": 72.0, "host": "vm", "measured": "2026-12-01 12:03"}
+    later = {"samples_per_s": 44.0, "host": "vm", "measured": "2026-12-01 12:30"}
+    assert speed_value(new) == 72.0 and speed_value(110.5) == 110.5
+    assert speed_provenance([new]) == ("speeds of the 1 trained models: 1 measured "
+                                       "2026-12-01 12:03 on vm")
+    line = speed_provenance([later, 110.5, new])
+    assert "2 measured 2026-12-01 12:03 to 2026-12-01 12:30 on vm" in line
+    assert "1 read from an earlier speed.json without a date" in line
+
+
 @pytest.mark.slow
 def test_two_cell_grid_end_to_end(tmp_path):
     from refbench.synth import generate
@@ -130,6 +143,7 @@ def test_two_cell_grid_end_to_end(tmp_path):
     assert "| N=1 | 1 |" in md and "| all | 1 |" in md and "| N=3 (= Table 2 all) | 1 |" in md
     # 0.05 min over 2 distinct cells x 1 seed: 1.5 s of training each
     assert "budget 0.05 min" in md and "(2 s of training each" in md
+    assert "speeds of the 2 trained models: 2 measured" in md
     assert (tmp_path / "lb" / "synthref-ablations.tex").is_file()
     again = run_ablations(options)  # every cell's run exists: nothing is trained again
     assert [r.run_dirs for r in again] == [r.run_dirs for r in results]

@@ -260,6 +260,7 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
         speeds_path = work_dir / "speed.json"
         speeds = read_json_file(speeds_path) if speeds_path.is_file() else {}
         results: list[CellResult] = []
+        used_speeds: list[Any] = []
         per_seed_of: list[list[tuple[int, dict[str, float], list[dict[str, Any]]]]] = []
         start = time.perf_counter()
         for index, (cell, spec) in enumerate(zip(cells, specs)):
@@ -277,12 +278,15 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
                 probe = prepared.probe(spec)
                 key = pipeline.digest({"config": probe.config, "device": device})[:16]
                 if key not in speeds:
-                    speeds[key] = pipeline.measure_samples_per_second(
+                    rate = pipeline.measure_samples_per_second(
                         spec, train, prepared.cues_for(spec, train), prepared.proposals_for(
                             spec, train), device, 0)
+                    speeds[key] = {"samples_per_s": rate, "host": platform.node() or "unknown",
+                                   "measured": time.strftime("%Y-%m-%d %H:%M")}
                     atomic_write_json(speeds_path, speeds)
+                used_speeds.append(speeds[key])
                 batch = int(probe.config["batch_size"])
-                steps = pipeline.steps_for_budget(per_job, speeds[key], batch)
+                steps = pipeline.steps_for_budget(per_job, speed_value(speeds[key]), batch)
                 epochs = max(1, math.ceil(steps / max(1, len(train.image_ids) // batch)))
                 spec = ModelSpec(spec.name, spec.label, dict(spec.overrides), epochs, steps)
             per_seed = []
@@ -310,10 +314,35 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
             per_seed_of.append(per_seed)
         elapsed = time.perf_counter() - start
     header = grid_header(options, device, elapsed, per_job)
+    if used_speeds:
+        header.append(speed_provenance(used_speeds))
     md, tex = render_tables(results, header, reported)
     atomic_write_text(Path(options.out_dir) / "synthref-ablations.md", md)
     atomic_write_text(Path(options.out_dir) / "synthref-ablations.tex", tex)
     return results
+
+
+def speed_value(entry: Any) -> float:
+    """Samples/s of a speed.json entry (a number in files written before it kept provenance)."""
+    return float(entry["samples_per_s"] if isinstance(entry, dict) else entry)
+
+
+def speed_provenance(entries: Sequence[Any]) -> str:
+    """A header line saying where and when the speeds behind the steps were measured.
+
+    Equal-time comparisons hold only between speeds measured under the same load; a grid
+    extended in a later session mixes them, and this line shows it.
+    """
+    dated = [e for e in entries if isinstance(e, dict) and e.get("measured")]
+    parts = []
+    if dated:
+        times = sorted(e["measured"] for e in dated)
+        hosts = sorted({str(e.get("host", "unknown")) for e in dated})
+        span = times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
+        parts.append(f"{len(dated)} measured {span} on {', '.join(hosts)}")
+    if len(dated) < len(entries):
+        parts.append(f"{len(entries) - len(dated)} read from an earlier speed.json without a date")
+    return f"speeds of the {len(entries)} trained models: " + "; ".join(parts)
 
 
 def grid_header(options: GridOptions, device: str, elapsed: float,
