@@ -13,7 +13,7 @@ import math
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,6 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
         speeds = read_json_file(speeds_path) if speeds_path.is_file() else {}
         results: list[CellResult] = []
         used_speeds: list[Any] = []
-        per_seed_of: list[list[tuple[int, dict[str, float], list[dict[str, Any]]]]] = []
         start = time.perf_counter()
         for index, (cell, spec) in enumerate(zip(cells, specs)):
             if same_as[index] != index:
@@ -269,10 +268,7 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
                 if console is not None and options.progress:
                     console.print(f"[{index + 1}/{len(cells)}] {cell.table} {cell.row}: the "
                                   f"model of {earlier.cell.table} {earlier.cell.row}, reused")
-                result = aggregate(cell, per_seed_of[same_as[index]])
-                result.run_dirs, result.shares_runs_of = earlier.run_dirs, earlier.cell
-                results.append(result)
-                per_seed_of.append(per_seed_of[same_as[index]])
+                results.append(replace(earlier, cell=cell, shares_runs_of=earlier.cell))
                 continue
             if per_job is not None:
                 probe = prepared.probe(spec)
@@ -311,7 +307,6 @@ def run_ablations(options: GridOptions, console: Any = None) -> list[CellResult]
             result = aggregate(cell, per_seed)
             result.run_dirs = run_dirs
             results.append(result)
-            per_seed_of.append(per_seed)
         elapsed = time.perf_counter() - start
     header = grid_header(options, device, elapsed, per_job)
     if used_speeds:
@@ -357,7 +352,7 @@ def grid_header(options: GridOptions, device: str, elapsed: float,
     budget = ("no budget: each cell trains the demo's max_steps "
               f"({options.base.max_steps} steps, epochs {options.base.epochs})"
               if per_job is None else
-              f"budget {options.budget_minutes:g} min spread over distinct cells x seeds "
+              f"budget {options.budget_minutes:g} min spread over distinct models x seeds "
               f"({per_job:.0f} s of training each, steps from a measured samples/s)")
     return [
         f"command: {options.command}",

@@ -18,6 +18,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from synthref_learning import matches
+
 from refbench.data.refer import ReferDataset
 from refbench.data.splits import get_split
 from refbench.synth import ensure_synthref
@@ -27,17 +29,14 @@ WORDS = {"position": ("left", "right", "top", "bottom"),
          "relation": ("left of", "right of", "above", "below")}
 
 
-def matches(obj: dict, descriptor: dict | None) -> bool:
-    """Whether a scene object has every attribute the descriptor names."""
-    return descriptor is not None and all(
-        obj[key] == value for key, value in descriptor.items() if value is not None)
-
-
-def direction_shares(records: list[dict], dataset: ReferDataset, scenes: dict
+def direction_shares(records: list[dict], dataset: ReferDataset, scenes: dict,
+                     masks: dict[int, dict[int, object]]
                      ) -> dict[tuple[str, str], tuple[int, int]]:
-    """(template, word) -> (peaks on the target, peaks on a described object)."""
+    """(template, word) -> (peaks on the target, peaks on a described object).
+
+    `masks` caches each image's object masks across calls (image id -> ann id -> mask).
+    """
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    masks: dict[int, dict[int, object]] = {}
     for record in records:
         meaning = scenes["meanings"][str(record["sent_id"])]
         if meaning["template"] not in WORDS:
@@ -66,9 +65,10 @@ def main() -> None:
     root = ensure_synthref(args.data_root)
     dataset = ReferDataset(root, get_split(args.split))
     scenes = json.loads((dataset.instances_path.parent / "scenes.json").read_text())
+    masks: dict[int, dict[int, object]] = {}
     for path in args.predictions:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        shares = direction_shares(records, dataset, scenes)
+        shares = direction_shares(records, dataset, scenes, masks)
         cells = []
         for template, words in WORDS.items():
             for word in words:
