@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ CHECKPOINT_FORMAT = "refbench-checkpoint/1"
 # CLIP's normalisation, the default for every model built on a CLIP backbone.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# ImageNet's, which TRIS's and PCNet's released code use (with a CLIP backbone).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ class RISModel(nn.Module):
     """
 
     name: ClassVar[str] = "base"
-    # Config keys that change parameter shapes: a checkpoint refuses overrides of them.
+    # Config keys that change parameter shapes (or what the weights mean): a checkpoint
+    # refuses overrides of them.
     architecture_keys: ClassVar[tuple[str, ...]] = ()
     # Set by `from_checkpoint`: the file the weights came from (None = built from config).
     checkpoint_path: str | None = None
@@ -174,8 +179,18 @@ class RISModel(nn.Module):
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
-        """The config a plain `create_model(name)` uses; subclasses extend it."""
-        return {"input_size": 320, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "num_cues": 0}
+        """The config a plain `create_model(name)` uses; subclasses extend it.
+
+        ``input_size``, ``mean``, ``std`` and ``resize`` ("torch" or "pil", see
+        `refbench.data.transforms`) say how the harness prepares images for the model.
+        """
+        return {
+            "input_size": 320,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "resize": "torch",
+            "num_cues": 0,
+        }
 
     # --- what the harness reads from the config -------------------------------------------
     @property
@@ -205,13 +220,25 @@ class RISModel(nn.Module):
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
     ) -> RISModel:
-        """Rebuild a model from a checkpoint written by `checkpoint_state` (or the trainer).
+        """Rebuild a model from a checkpoint written by `checkpoint_state` (or the trainer),
+        or from a file in another format that the plugin's `import_checkpoint` recognises.
 
         Refused with a `CheckpointError` saying why: a checkpoint of another model, config keys
         this version does not know, or an override of one of `architecture_keys` (the weights
         only fit the value they were trained with).
         """
-        state = load_checkpoint_file(path, map_location)
+        state = read_checkpoint_file(path, map_location)
+        if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT):
+            model = cls.import_checkpoint(state, Path(path), dict(overrides))
+            if model is None:
+                raise CheckpointError(
+                    f"checkpoint {path} is not a refbench checkpoint (no format "
+                    f"{CHECKPOINT_FORMAT!r}) and model {cls.name!r} does not recognise it as "
+                    "one it can import; write checkpoints with `refbench train` or "
+                    "`model.checkpoint_state()`"
+                )
+            model.checkpoint_path = str(path)
+            return model
         if state.get("model") != cls.name:
             raise CheckpointError(
                 f"checkpoint {path} was written by model {state.get('model')!r}, not {cls.name!r}; "
@@ -225,26 +252,35 @@ class RISModel(nn.Module):
                 f"({', '.join(unknown)}); it was written by another version of the plugin"
             )
         for key in cls.architecture_keys:
-            if key in overrides and key in stored and overrides[key] != stored[key]:
+            if key not in overrides:
+                continue
+            held = stored.get(key, cls.default_config().get(key))
+            if overrides[key] != held:
                 raise CheckpointError(
-                    f"checkpoint {path} was trained with {key}={stored[key]!r}, not "
-                    f"{overrides[key]!r}; its weights only fit {key}={stored[key]!r} "
+                    f"checkpoint {path} was trained with {key}={held!r}, not "
+                    f"{overrides[key]!r}; its weights only fit {key}={held!r} "
                     "(drop the override or train a new model)"
                 )
         try:
             model = cls.from_checkpoint_config({**stored, **overrides})
         except RefbenchError as error:
             raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from None
-        try:
-            model.load_state_dict(state["state_dict"])
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise CheckpointError(
-                f"checkpoint {path} does not fit model {cls.name!r} with this config ({first}); "
-                "was it trained with other config overrides?"
-            ) from None
+        load_state_exactly(model, state["state_dict"], f"checkpoint {path}")
         model.checkpoint_path = str(path)
         return model
+
+    @classmethod
+    def import_checkpoint(
+        cls, state: Any, path: Path, overrides: dict[str, Any]
+    ) -> RISModel | None:
+        """A model loaded from a checkpoint in another format (e.g. the authors' own), or None.
+
+        `state` is the file's content read with ``weights_only=True``. A plugin that reads
+        published checkpoints overrides this: it returns the loaded model when it recognises
+        the file, raises a `CheckpointError` naming what the file is when it recognises it but
+        cannot load it (another backbone, another stage), and returns None otherwise.
+        """
+        return None
 
     @classmethod
     def from_checkpoint_config(cls, config: Mapping[str, Any]) -> RISModel:
@@ -315,18 +351,33 @@ class TrainableModel(RISModel):
         return groups
 
 
-def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a refbench checkpoint with ``weights_only=True``; clear errors for bad files."""
+def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """The content of a checkpoint file, read with ``weights_only=True`` (no code runs)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a user-facing error
+        text = str(error)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            reason = (
+                f"it holds a Python object ({found.group(1)}) besides tensors and plain "
+                "containers, and refbench never runs code from a checkpoint"
+            )
+        else:
+            reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
         raise CheckpointError(
-            f"checkpoint {path} cannot be read safely ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); is it a refbench checkpoint?"
+            f"checkpoint {path} cannot be read safely ({reason}); is it a model checkpoint?"
         ) from None
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a refbench checkpoint with ``weights_only=True``; clear errors for bad files."""
+    state = read_checkpoint_file(path, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} is not a refbench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
@@ -334,3 +385,31 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         )
     return state
 
+
+def load_state_exactly(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load `state` into `model` with every key present and every shape equal.
+
+    Otherwise a `CheckpointError` naming `source` lists the first few missing, unexpected and
+    mis-shaped names, e.g. ``2 missing (fusion.text_out.0.weight, ...)``.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected),
+                         ("with another shape (file vs model)", mismatched)):
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            problems.append(f"{len(names)} {label} ({shown})")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit model {getattr(model, 'name', type(model).__name__)!r} "
+            f"with this config: {'; '.join(problems)}; was it trained with other config "
+            "overrides or another version of the plugin?"
+        )
+    model.load_state_dict(dict(state), strict=True)
