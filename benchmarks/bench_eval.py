@@ -76,7 +76,8 @@ class MemoryReferData:
     def annotation_ids(self, image_id: int) -> list[int]:
         return list(self._anns[image_id])
 
-    def mask(self, ann_id: int) -> np.ndarray:
+    def mask(self, ann_id: int, overlap: str = "union") -> np.ndarray:
+        """One rectangle per annotation: "union" and "once" give the same mask."""
         x, y, w, h = self._boxes[ann_id]
         mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
         mask[y : y + h, x : x + w] = True

@@ -38,6 +38,20 @@ def _records(run_dir):
     return [json.loads(line) for line in lines]
 
 
+def _official_box_hit(data, reference):
+    """The reference records with box_hit by TRIS's rule (the default protocol's): the COCO box
+    cast to int (dataset/ReferDataset.py), then x1 <= col <= x1 + w and y1 <= row <= y1 + h
+    (validate.py isCorrectHit). `reference_records` tests the pixel centre instead."""
+    boxes = {ref["ref_id"]: ann["bbox"] for ref in data["refs"] for ann in data["annotations"]
+             if ann["id"] == ref["ann_id"]}
+    out = []
+    for record in reference:
+        x1, y1, w, h = np.array(boxes[int(record["key"].split(":")[1])], dtype=int)
+        y, x = record["peak"]
+        out.append({**record, "box_hit": bool(x1 <= x <= x1 + w and y1 <= y <= y1 + h)})
+    return out
+
+
 def _reference_metrics(reference):
     inter = np.array([r["inter"] for r in reference], dtype=np.float64)
     union = np.array([r["union"] for r in reference], dtype=np.float64)
@@ -55,7 +69,7 @@ def test_grouped_run_matches_a_per_sentence_reference(tmp_path, plugin, data):
     model = create_model("evaltest")
     result = evaluate(model, _dataset(tmp_path), batch_size=3, out_dir=tmp_path / "runs",
                       progress=False)
-    reference = reference_records(data)
+    reference = _official_box_hit(data, reference_records(data))
     # every image encoded exactly once, in ceil(7 / 3) batches
     assert model.images_encoded == 7 and model.predict_calls == 3
     from pathlib import Path
@@ -163,6 +177,78 @@ def test_saved_masks_decode_to_the_protocol_mask(tmp_path, plugin, data):
         assert len(record["stage_peaks"]) == 2
 
 
+def _tiny_annotation_1002() -> dict[str, np.ndarray]:
+    """Annotation 1002 of tests/refer_fixture.py (image 101, 16 x 24): the polygons
+    (12, 2)-(20, 8) and (16, 5)-(23, 12) cover columns 12..19 x rows 2..7 and columns 16..22 x
+    rows 5..11; both cover columns 16..19 x rows 5..7."""
+    first = np.zeros((16, 24), dtype=bool)
+    first[2:8, 12:20] = True
+    second = np.zeros((16, 24), dtype=bool)
+    second[5:12, 16:23] = True
+    return {"union": first | second, "once": first ^ second}
+
+
+@pytest.mark.parametrize(("protocol", "overlap"), [("tris", "once"), ("sag", "union")])
+def test_ground_truth_masks_follow_the_protocol(tmp_path, protocol, overlap):
+    from refbench.data.refer import ReferDataset
+    from refbench.data.transforms import ModelImageTransform
+    from refbench.eval.runner import ImageGroups
+    from tests.refer_fixture import make_tiny_refer
+
+    fixture = make_tiny_refer(tmp_path / "tiny")
+    dataset = ReferDataset(fixture["root"], "refcoco-val")
+    groups = [(101, dataset.expressions_by_image()[101])]
+    transform = ModelImageTransform(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    item = ImageGroups(dataset, groups, transform, protocol=protocol)[0]
+    expected = _tiny_annotation_1002()
+    for index, expression in enumerate(groups[0][1]):
+        want = fixture["masks"][expression.ann_id]
+        if expression.ann_id == 1002:
+            want = expected[overlap]
+        assert np.array_equal(item["gt_masks"][index].numpy(), want), expression.key
+    # BackgroundPeaks' objects stay the union of every annotation under every protocol
+    objects = np.zeros((16, 24), dtype=bool)
+    for ann_id in fixture["annotation_ids"][101]:
+        objects |= fixture["masks"][ann_id]
+    assert np.array_equal(item["object_masks"][0].numpy(), objects)
+    assert item["object_masks"][0, 6, 17]  # a pixel both polygons of 1002 cover
+
+
+def test_runs_score_against_the_protocol_ground_truth(tmp_path):
+    """Records of annotation 1002 (two overlapping polygons): tris scores against the pixels
+    covered once, sag against the union; the saved masks are what was scored."""
+    from pathlib import Path
+
+    from pycocotools import mask as mask_utils
+
+    from refbench import create_model
+    from refbench.data.refer import ReferDataset
+    from refbench.eval.runner import evaluate
+    from tests.refer_fixture import make_tiny_refer
+
+    fixture = make_tiny_refer(tmp_path / "tiny")
+    expected = _tiny_annotation_1002()
+    counts = {}
+    for protocol, overlap in (("tris", "once"), ("sag", "union")):
+        result = evaluate(create_model("center"), ReferDataset(fixture["root"], "refcoco-val"),
+                          protocol=protocol, save_masks=True, out_dir=tmp_path / "runs",
+                          progress=False)
+        records = [r for r in _records(Path(result["run_dir"])) if r["ann_id"] == 1002]
+        assert records
+        for record in records:
+            rle = dict(record["rle"])
+            rle["counts"] = rle["counts"].encode("ascii")
+            predicted = mask_utils.decode(rle).astype(bool)
+            gt = expected[overlap]
+            assert record["inter"] == int((predicted & gt).sum()), protocol
+            assert record["union"] == int((predicted | gt).sum()), protocol
+            y, x = record["peak"]
+            assert record["point_hit"] == bool(gt[y, x])
+        counts[protocol] = (records[0]["inter"], records[0]["union"])
+    # the centre prior's tris mask is the whole image: its intersection is the whole target
+    assert counts["tris"] == (48 + 49 - 2 * 12, 16 * 24)
+
+
 def test_transform_resizes_and_normalises():
     from refbench.data.transforms import ModelImageTransform
 
@@ -203,7 +289,12 @@ def test_every_refcoco_family_split_of_the_tiny_fixture(tmp_path, sentences):
             image = fixture["images"][record["image_id"]]
             assert (record["height"], record["width"]) == (image["height"], image["width"])
             y, x = record["peak"]
-            assert record["point_hit"] == bool(fixture["masks"][record["ann_id"]][y, x])
+            # the default protocol (tris) scores annotation 1002 against the pixels only one of
+            # its two polygons covers; every other annotation is one polygon or one RLE
+            gt = fixture["masks"][record["ann_id"]]
+            if record["ann_id"] == 1002:
+                gt = _tiny_annotation_1002()["once"]
+            assert record["point_hit"] == bool(gt[y, x])
             on_any = any(fixture["masks"][a][y, x]
                          for a in fixture["annotation_ids"][record["image_id"]])
             assert record["on_background"] == (not on_any)

@@ -91,6 +91,14 @@ def np_peak(image: np.ndarray) -> tuple[int, int]:
     return int(y), int(x)
 
 
+def np_official_box_hit(peak: tuple[int, int], bbox: list[float]) -> bool:
+    """TRIS's rule: dataset/ReferDataset.py's integer box, validate.py's isCorrectHit test."""
+    box = np.array(bbox, dtype=int)
+    box[2], box[3] = box[0] + box[2], box[1] + box[3]
+    row, col = peak
+    return bool(box[0] <= col <= box[2] and box[1] <= row <= box[3])
+
+
 def rle(mask: np.ndarray) -> dict:
     return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
 
@@ -254,6 +262,74 @@ def test_box_hit_matches_numpy_on_random_boxes():
     assert hit_rate(torch.from_numpy(peaks), torch.from_numpy(boxes)) == pytest.approx(expected.mean())
 
 
+def test_box_hit_integer_rule_closed_integer_box():
+    # box x in [10, 20], y in [5, 8] as integers: the peak's indices, edges included
+    boxes = torch.tensor([[10.0, 5.0, 10.0, 3.0]], dtype=torch.float64).repeat(8, 1)
+    peaks = torch.tensor(
+        [
+            [5, 10],  # x = x1: inside
+            [5, 20],  # x = x1 + w exactly: inside (outside under the centre rule)
+            [5, 21],  # one past x1 + w: outside
+            [5, 9],  # one before x1: outside
+            [8, 15],  # y = y1 + h exactly: inside (outside under the centre rule)
+            [9, 15],  # one past y1 + h: outside
+            [4, 15],  # one before y1: outside
+            [6, 12],
+        ]
+    )
+    hits = box_hit(peaks, boxes, rule="integer").tolist()
+    assert hits == [True, True, False, False, True, False, False, True]
+    assert box_hit(peaks, boxes, rule="centre").tolist() == [
+        True, False, False, False, False, False, False, True,
+    ]
+
+
+def test_box_hit_integer_rule_truncates_each_number_separately():
+    # x = 3.6, w = 2.6: x1 = 3, x2 = 3 + 2 = 5 (not int(6.2) = 6); y = 2.2, h = 1.9: y in [2, 3]
+    box = torch.tensor([[3.6, 2.2, 2.6, 1.9]], dtype=torch.float64)
+    cases = {
+        (2, 3): True,  # x1 = int(3.6) = 3 (the centre rule says no: 3.5 < 3.6)
+        (3, 5): True,  # x2 = 5, y2 = int(2.2) + int(1.9) = 3
+        (3, 6): False,  # int(x + w) = 6 would admit it
+        (4, 4): False,  # int(y + h) = 4 would admit row 4
+        (1, 4): False,
+    }
+    for (row, col), expected in cases.items():
+        assert box_hit(torch.tensor([[row, col]]), box, rule="integer").tolist() == [expected]
+    # negative numbers truncate toward zero as NumPy's int cast does, not down:
+    # (-1.5, -0.5, 3.7, 2.2) -> (-1, 0, 3, 2): x in [-1, 2], y in [0, 2]
+    negative = torch.tensor([[-1.5, -0.5, 3.7, 2.2]], dtype=torch.float64)
+    assert box_hit(torch.tensor([[2, 2]]), negative, rule="integer").tolist() == [True]
+    assert box_hit(torch.tensor([[0, 3]]), negative, rule="integer").tolist() == [False]
+
+
+def test_box_hit_integer_rule_matches_the_official_numpy_rule():
+    rng = np.random.default_rng(19)
+    count = 4000
+    whole = rng.integers(-3, 40, size=(count, 4)).astype(np.float64)
+    whole[:, 2:] = np.abs(whole[:, 2:])
+    fractional = rng.uniform(-3.0, 40.0, size=(count, 4))
+    fractional[:, 2:] = rng.uniform(0.0, 20.0, size=(count, 2))
+    near = whole + rng.choice([-1e-9, 0.0, 1e-9, 0.5, 0.999999], size=(count, 4))
+    boxes = np.concatenate([whole, fractional, near])
+    anchors = np.stack([boxes[:, 1] + boxes[:, 3], boxes[:, 0] + boxes[:, 2]], axis=1)
+    # peaks near the far edges, where the rules differ, and anywhere
+    peaks = np.floor(anchors).astype(np.int64) + rng.integers(-2, 3, size=anchors.shape)
+    peaks[::3] = rng.integers(-3, 60, size=peaks[::3].shape)
+    expected = [np_official_box_hit(tuple(p), list(b)) for p, b in zip(peaks, boxes)]
+    got = box_hit(torch.from_numpy(peaks), torch.from_numpy(boxes), rule="integer")
+    assert got.tolist() == expected
+    assert 0.2 < np.mean(expected) < 0.8  # both outcomes are well represented
+    assert hit_rate(torch.from_numpy(peaks), torch.from_numpy(boxes), rule="integer") == (
+        pytest.approx(np.mean(expected))
+    )
+
+
+def test_box_hit_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="centre, integer"):
+        box_hit(torch.tensor([[0, 0]]), torch.tensor([[0.0, 0.0, 1.0, 1.0]]), rule="round")
+
+
 # ---- intersection, union, IoU --------------------------------------------------------------
 
 
@@ -388,7 +464,10 @@ def test_score_batch_at_original_size_matches_a_numpy_pipeline(protocol):
         assert np.array_equal(masks[e].numpy(), mask)
         assert record["point_hit"] == bool(gt[e, y, x])
         bx, by, bw, bh = boxes[e]
-        assert record["box_hit"] == bool(bx <= x + 0.5 <= bx + bw and by <= y + 0.5 <= by + bh)
+        if protocol == "tris":  # TRIS's isCorrectHit on the integer box
+            assert record["box_hit"] == np_official_box_hit((y, x), [bx, by, bw, bh])
+        else:  # sag: the pixel centre in the float box
+            assert record["box_hit"] == bool(bx <= x + 0.5 <= bx + bw and by <= y + 0.5 <= by + bh)
         assert record["inter"] == int((mask & gt[e]).sum())
         assert record["union"] == int((mask | gt[e]).sum())
         assert record["on_background"] == (not objects[:, y, x].any())
@@ -424,6 +503,18 @@ def test_score_batch_resized_maps_agree_with_numpy_reference():
         assert abs(record["union"] - int((mask | gt[e]).sum())) <= 2
         assert record["on_background"] is None and "proposal" not in record
     assert json.loads(json.dumps(records)) == records  # plain JSON types only
+
+
+def test_score_batch_tests_boxes_by_the_protocol_rule():
+    # one peak at (row 3, col 6) on the far edge of the integer box (2, 1, 4, 2): x in [2, 6]
+    maps = torch.zeros(1, 8, 10)
+    maps[0, 3, 6] = 1.0
+    gt = torch.zeros(1, 8, 10, dtype=torch.bool)
+    boxes = torch.tensor([[2.0, 1.0, 4.0, 2.0]], dtype=torch.float64)
+    for protocol, expected in (("tris", True), ("sag", False)):
+        record = score_batch(maps, 8, 10, gt, boxes, protocol)[0]
+        assert record["peak"] == [3, 6]
+        assert record["box_hit"] is expected, protocol
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

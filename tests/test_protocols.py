@@ -13,7 +13,10 @@ import pytest
 
 from refbench.errors import UnknownNameError
 from refbench.metrics.protocols import (
+    BOX_RULES,
+    GT_OVERLAPS,
     PROTOCOL_DESCRIPTIONS,
+    PROTOCOLS,
     SENTENCE_MODES,
     Protocol,
     check_sentence_mode,
@@ -42,6 +45,31 @@ def test_sag_constants():
     sag = get_protocol("sag")
     assert (sag.clamp_negative, sag.align_corners, sag.normalisation) == (False, False, "minmax")
     assert (sag.threshold, sag.inclusive) == (0.5, True)
+
+
+def test_box_and_ground_truth_rules():
+    tris, sag = get_protocol("tris"), get_protocol("sag")
+    # TRIS: dataset/ReferDataset.py casts the box to int, validate.py's isCorrectHit tests the
+    # peak's indices in the closed box; refer.py's getMask sums the polygons and
+    # ReferDataset.py keeps mask == 1.
+    assert (tris.box_rule, tris.gt_overlap) == ("integer", "once")
+    # SaG: build_batches.py takes the max over polygons (the union); it reports no box hit,
+    # so refbench's pixel-centre rule stays.
+    assert (sag.box_rule, sag.gt_overlap) == ("centre", "union")
+    assert BOX_RULES == ("centre", "integer") and GT_OVERLAPS == ("union", "once")
+    for protocol in PROTOCOLS.values():
+        assert protocol.box_rule in BOX_RULES and protocol.gt_overlap in GT_OVERLAPS
+
+
+def test_descriptions_state_both_rules_and_their_sources():
+    tris, sag = PROTOCOL_DESCRIPTIONS["tris"], PROTOCOL_DESCRIPTIONS["sag"]
+    for phrase in ("truncated to integers", "isCorrectHit", "exactly one polygon", "getMask",
+                   "ReferDataset.py"):
+        assert phrase in tris, phrase
+    for phrase in ("union", "build_batches.py", "pixel centre", "no box hit"):
+        assert phrase in sag, phrase
+    assert "dataset/refer.py" in get_protocol("tris").source
+    assert "build_batches.py" in get_protocol("sag").source
 
 
 def test_protocol_is_frozen_and_passes_through():

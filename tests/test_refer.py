@@ -140,6 +140,74 @@ def test_overlapping_polygons_are_a_binary_union(tiny: dict) -> None:
     assert mask[6, 17] and not mask[0, 0]
 
 
+def _rectangle(x0: int, y0: int, x1: int, y1: int, height: int = 16, width: int = 24) -> np.ndarray:
+    """Columns x0..x1-1 and rows y0..y1-1: what a polygon with these integer corners covers."""
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_overlapping_polygons_once_keeps_pixels_covered_by_exactly_one(tiny: dict) -> None:
+    # annotation 1002: polygons (12, 2)-(20, 8) and (16, 5)-(23, 12); they share (16, 5)-(20, 8)
+    dataset = ReferDataset(tiny["root"], "refcoco-val")
+    first, second = _rectangle(12, 2, 20, 8), _rectangle(16, 5, 23, 12)
+    shared = _rectangle(16, 5, 20, 8)
+    once = dataset.mask(1002, overlap="once")
+    union = dataset.mask(1002, overlap="union")
+    assert once.dtype == bool and union.dtype == bool
+    np.testing.assert_array_equal(union, first | second)
+    np.testing.assert_array_equal(once, (first | second) & ~shared)
+    np.testing.assert_array_equal(dataset.mask(1002), union)  # the default is the union
+    assert int(once.sum()) == 48 + 49 - 2 * 12 and int(union.sum()) == 48 + 49 - 12
+    assert union[6, 17] and not once[6, 17]  # covered by both polygons
+    assert once[3, 13] and once[10, 21]  # covered by one polygon each
+
+
+@pytest.mark.parametrize("ann_id", [1001, 1003, 2001, 2002, 4001])
+def test_once_equals_union_for_one_polygon_or_rle(tiny: dict, ann_id: int) -> None:
+    # 1001 and 2002 are one polygon each; 1003, 2001 and 4001 are (compressed or not) RLE
+    dataset = ReferDataset(tiny["root"], "refcoco-train")
+    np.testing.assert_array_equal(dataset.mask(ann_id, overlap="once"), tiny["masks"][ann_id])
+
+
+def test_unknown_overlap_is_refused(tiny: dict) -> None:
+    dataset = ReferDataset(tiny["root"], "refcoco-val")
+    with pytest.raises(ValueError, match="union, once"):
+        dataset.mask(1002, overlap="sum")
+
+
+def test_once_matches_the_refer_api_sum_on_random_polygons(fresh: dict) -> None:
+    """Three to five random fractional polygons per annotation, against refer's getMask recipe:
+    pycocotools frPyObjects + decode, summed over polygons, cast to uint8, kept where == 1."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(21)
+    path = fresh["root"] / "refcoco" / "instances.json"
+    instances = json.loads(path.read_text())
+    height, width = 16, 24  # image 101
+    segmentations = {}
+    for ann in instances["annotations"]:
+        if ann["image_id"] != 101:
+            continue
+        polygons = []
+        for _ in range(int(rng.integers(3, 6))):
+            corners = int(rng.integers(3, 7))
+            xs, ys = rng.uniform(0, width, corners), rng.uniform(0, height, corners)
+            polygons.append([float(v) for xy in zip(xs, ys) for v in xy])
+        ann["segmentation"] = polygons
+        segmentations[ann["id"]] = polygons
+    path.write_text(json.dumps(instances))
+    dataset = ReferDataset(fresh["root"], "refcoco-val")
+    for ann_id, polygons in segmentations.items():
+        layers = mask_utils.decode(mask_utils.frPyObjects(polygons, height, width))
+        summed = np.sum(layers, axis=2).astype(np.uint8)
+        np.testing.assert_array_equal(dataset.mask(ann_id, overlap="once"), summed == 1)
+        np.testing.assert_array_equal(dataset.mask(ann_id, overlap="union"), summed > 0)
+        assert (summed > 1).any()  # the polygons do overlap somewhere
+
+
 def test_boxes_annotation_ids_and_categories(tiny: dict) -> None:
     dataset = ReferDataset(tiny["root"], "refcoco-testb")
     for ann_id, box in tiny["boxes"].items():

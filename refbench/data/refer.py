@@ -23,6 +23,7 @@ import numpy as np
 from refbench.api import Expression
 from refbench.data.splits import SplitInfo, get_split
 from refbench.errors import ConfigError, DataError
+from refbench.metrics.protocols import GT_OVERLAPS
 
 DOCS_HINT = "see docs/data.md for the expected data-root layout"
 SENTENCE_MODES = ("all", "first")
@@ -433,10 +434,18 @@ class ReferDataset:
         self._image_record(image_id)
         return list(self._instances.anns_by_image.get(image_id, []))
 
-    def mask(self, ann_id: int) -> np.ndarray:
-        """The annotation's segmentation as [H, W] bool (polygons, RLE or compressed RLE)."""
+    def mask(self, ann_id: int, overlap: str = "union") -> np.ndarray:
+        """The annotation's segmentation as [H, W] bool (polygons, RLE or compressed RLE).
+
+        For an annotation made of several polygons, `overlap` says which pixels are foreground:
+        "union": covered by any polygon; "once": covered by exactly one, as the refer API's
+        getMask (the decoded polygons summed) followed by TRIS's ``mask == 1`` gives it
+        (docs/metrics.md). An RLE segmentation is one mask, the same under both.
+        """
         from pycocotools import mask as mask_utils
 
+        if overlap not in GT_OVERLAPS:
+            raise ValueError(f"unknown overlap {overlap!r}; use one of {', '.join(GT_OVERLAPS)}")
         ann = self._annotation(ann_id)
         record = self._image_record(int(ann["image_id"]))
         height, width = int(record["height"]), int(record["width"])
@@ -446,7 +455,9 @@ class ReferDataset:
                 polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
                 if not polygons:
                     return np.zeros((height, width), dtype=bool)
-                rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+                rle = mask_utils.frPyObjects(polygons, height, width)  # one RLE per polygon
+                if overlap == "union":
+                    rle = mask_utils.merge(rle)
             elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
                 rle = mask_utils.frPyObjects(segmentation, height, width)
             elif isinstance(segmentation, dict) and isinstance(
@@ -473,8 +484,11 @@ class ReferDataset:
                 f"annotation {ann_id} in {self.instances_path} has a malformed segmentation "
                 f"({error})"
             ) from None
-        if decoded.ndim == 3:
-            decoded = decoded.any(axis=2)
+        if decoded.ndim == 3:  # [H, W, n]: one layer per polygon (one after a merge or for RLE)
+            if overlap == "once":
+                decoded = decoded.sum(axis=2, dtype=np.int64) == 1
+            else:
+                decoded = decoded.any(axis=2)
         binary = decoded.astype(bool)
         if binary.shape != (height, width):
             raise DataError(

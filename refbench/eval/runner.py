@@ -28,6 +28,7 @@ from refbench.eval import distributed
 from refbench.eval.provenance import environment
 from refbench.eval.run_folder import METRICS_FILE, PREDICTIONS_FILE, open_run
 from refbench.io import append_jsonl, atomic_write_json, atomic_writer, read_jsonl
+from refbench.metrics.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 
 
 def seed_everything(seed: int) -> None:
@@ -41,9 +42,9 @@ class ImageGroups(Dataset):
     """One item per image: the model's input, the original size, and ground truth to score.
 
     Each item is a dict with ``image`` [3, S, S], ``image_id``, ``height``, ``width``,
-    ``expressions`` (list[Expression]), ``gt_masks`` [E, H, W] bool, ``boxes`` [E, 4] (x, y, w,
-    h), ``object_masks`` [1, H, W] bool (the union of every annotated object) and ``proposals``
-    [P, H, W] bool or None.
+    ``expressions`` (list[Expression]), ``gt_masks`` [E, H, W] bool (built by `protocol`'s
+    ``gt_overlap`` rule), ``boxes`` [E, 4] (x, y, w, h), ``object_masks`` [1, H, W] bool (the
+    union of every annotated object) and ``proposals`` [P, H, W] bool or None.
     """
 
     def __init__(
@@ -52,11 +53,13 @@ class ImageGroups(Dataset):
         groups: Sequence[tuple[int, list[Expression]]],
         transform: Callable[[np.ndarray], torch.Tensor],
         proposal_store: Any = None,
+        protocol: str | Protocol = DEFAULT_PROTOCOL,
     ) -> None:
         self.dataset = dataset
         self.groups = list(groups)
         self.transform = transform
         self.proposal_store = proposal_store
+        self.gt_overlap = get_protocol(protocol).gt_overlap
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -73,19 +76,22 @@ class ImageGroups(Dataset):
         image_id, expressions = self.groups[index]
         image = self.dataset.load_image(image_id)
         height, width = int(image.shape[0]), int(image.shape[1])
-        masks: dict[int, np.ndarray] = {}
+        masks: dict[tuple[int, str], np.ndarray] = {}
 
-        def mask(ann_id: int) -> np.ndarray:
-            if ann_id not in masks:
-                masks[ann_id] = np.asarray(self.dataset.mask(ann_id), dtype=bool)
-            return masks[ann_id]
+        def mask(ann_id: int, overlap: str) -> np.ndarray:
+            if (ann_id, overlap) not in masks:
+                decoded = self.dataset.mask(ann_id, overlap=overlap)
+                masks[ann_id, overlap] = np.asarray(decoded, dtype=bool)
+            return masks[ann_id, overlap]
 
-        gt_masks = torch.from_numpy(np.stack([mask(e.ann_id) for e in expressions]))
+        gt_masks = torch.from_numpy(
+            np.stack([mask(e.ann_id, self.gt_overlap) for e in expressions])
+        )
         boxes = torch.tensor([self.dataset.box(e.ann_id) for e in expressions], dtype=torch.float64)
         # on_background only needs the union of all objects: computed here, in the worker.
         union = np.zeros((height, width), dtype=bool)
         for ann_id in self.dataset.annotation_ids(image_id):
-            union |= mask(ann_id)
+            union |= mask(ann_id, "union")
         object_masks = torch.from_numpy(union)[None]
         proposals = None
         if self.proposal_store is not None:
@@ -441,7 +447,8 @@ def _evaluate(
 
     model = model.to(device).eval()
     loader = DataLoader(
-        ImageGroups(dataset, mine, ModelImageTransform.for_model(model.config), proposal_store),
+        ImageGroups(dataset, mine, ModelImageTransform.for_model(model.config), proposal_store,
+                    protocol),
         batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate_groups, persistent_workers=False,
     )

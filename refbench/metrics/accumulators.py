@@ -127,7 +127,7 @@ class PointM(_FractionMetric):
 
 
 class Hit(_FractionMetric):
-    """Hit: the fraction of peaks whose pixel centre is inside the ground-truth box."""
+    """Hit: the fraction of peaks inside the ground-truth box (the protocol's box rule)."""
 
     name = "Hit"
     path = ("box_hit",)

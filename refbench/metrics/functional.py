@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from refbench.metrics.protocols import Protocol, get_protocol
+from refbench.metrics.protocols import BOX_RULES, Protocol, get_protocol
 
 # IoU given to a sample whose prediction and ground truth are both empty (union 0).
 EMPTY_UNION_IOU = 0.0
@@ -94,12 +94,23 @@ def point_hit(peaks: Tensor, gt_masks: Tensor) -> Tensor:
     return gt_masks[rows, peaks[:, 0], peaks[:, 1]].bool()
 
 
-def box_hit(peaks: Tensor, boxes: Tensor) -> Tensor:
-    """Whether each peak's pixel centre lies in its COCO box [E, 4] (x, y, w, h): BoolTensor [E].
+def box_hit(peaks: Tensor, boxes: Tensor, rule: str = "centre") -> Tensor:
+    """Whether each peak [E, 2] (y, x) lies in its COCO box [E, 4] (x, y, w, h): BoolTensor [E].
 
-    Pixel (y, x) covers [x, x+1) x [y, y+1) in COCO's continuous coordinates, so its centre is
-    (x + 0.5, y + 0.5); the box is closed: x0 <= x + 0.5 <= x0 + w, likewise for y.
+    rule="centre": pixel (y, x) covers [x, x+1) x [y, y+1) in COCO's continuous coordinates, so
+    its centre (x + 0.5, y + 0.5) is tested in the closed box x0 <= x + 0.5 <= x0 + w, likewise
+    for y. rule="integer" (TRIS's isCorrectHit): x0, y0, w, h are each truncated toward zero
+    (NumPy's int cast), and the peak's indices are tested in the closed integer box
+    x0 <= x <= x0 + w, y0 <= y <= y0 + h. Pass boxes as float64, as the annotation file holds
+    them: float32 rounding can move a value across an integer and change its truncation.
     """
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown box rule {rule!r}; use one of {', '.join(BOX_RULES)}")
+    assert boxes.dim() == 2 and boxes.shape[1] == 4, f"boxes {tuple(boxes.shape)} != [E, 4]"
+    if rule == "integer":
+        x0, y0, w, h = torch.trunc(boxes.to(torch.float64)).to(torch.int64).unbind(dim=1)
+        row, column = peaks[:, 0].to(torch.int64), peaks[:, 1].to(torch.int64)
+        return (x0 <= column) & (column <= x0 + w) & (y0 <= row) & (row <= y0 + h)
     boxes = boxes.to(torch.float64)
     centre_y = peaks[:, 0].to(torch.float64) + 0.5
     centre_x = peaks[:, 1].to(torch.float64) + 0.5
@@ -192,9 +203,9 @@ def point_m(peaks: Tensor, gt_masks: Tensor) -> float:
     return _ratio(float(point_hit(peaks, gt_masks).sum()), peaks.shape[0])
 
 
-def hit_rate(peaks: Tensor, boxes: Tensor) -> float:
-    """Hit: the fraction of peaks [E, 2] whose pixel centre is inside their box [E, 4] (xywh)."""
-    return _ratio(float(box_hit(peaks, boxes).sum()), peaks.shape[0])
+def hit_rate(peaks: Tensor, boxes: Tensor, rule: str = "centre") -> float:
+    """Hit: the fraction of peaks [E, 2] inside their box [E, 4] (xywh) by `box_hit`'s `rule`."""
+    return _ratio(float(box_hit(peaks, boxes, rule).sum()), peaks.shape[0])
 
 
 def fraction_true(flags: Sequence[bool] | Tensor) -> float:

@@ -69,7 +69,9 @@ def score_batch(
     """Score the E expressions of one image; one record per expression (docs/runs.md keys).
 
     maps [E, h, w] float: the model's response maps; height, width: the original image size;
-    gt_masks [E, H, W] bool; boxes [E, 4] COCO xywh; proposals [P, H, W] bool or None;
+    gt_masks [E, H, W] bool, built by the protocol's ``gt_overlap`` rule
+    (``ReferDataset.mask(ann_id, overlap=protocol.gt_overlap)``); boxes [E, 4] COCO xywh
+    (float64, as read), tested by the protocol's ``box_rule``; proposals [P, H, W] bool or None;
     object_masks [A, H, W] bool (every annotated object of the image) or None.
     Each record holds peak [y, x], point_hit, box_hit, inter, union, on_background (None
     without object_masks) and, with proposals, "proposal": {index, inter, union, oracle_index,
@@ -84,7 +86,7 @@ def score_batch(
     masks = binarise(normalised, protocol)
     inter, union = intersection_union(masks, gt_masks)
     point_hits = point_hit(peaks, gt_masks)
-    box_hits = box_hit(peaks, boxes.to(device))
+    box_hits = box_hit(peaks, boxes.to(device), protocol.box_rule)
 
     on_background: list[bool | None] = [None] * maps.shape[0]
     if object_masks is not None:
