@@ -110,6 +110,18 @@ class OtherModel(TinyModel):
     name = "other"
 
 
+class ReleasedTinyModel(TinyModel):
+    """TinyModel declaring the trainer's optional keys, as a plugin's released variant does."""
+
+    name = "tiny-released"
+
+    @classmethod
+    def default_config(cls) -> dict:
+        config = super().default_config()
+        config.update({"sampling": "refs", "selection_metric": "mIoU", "resize": "pil"})
+        return config
+
+
 def fake_evaluate(model, dataset, out_dir, **kwargs):
     """A deterministic stand-in for the eval runner: a score from the weights."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -318,6 +330,80 @@ def test_batch_assembly_with_cues_proposals_and_false_negatives() -> None:
         assert batch.extras["proposals_valid"][i].tolist() == [True] * count + [False] * (3 - count)
         assert not batch.extras["proposals"][i, count:].any()
     assert torch.equal(batch.extras["false_negatives"], ~torch.eye(4, dtype=torch.bool))
+
+
+def test_selection_metric_is_the_models_unless_given(tmp_path: Path) -> None:
+    assert make_trainer(tmp_path / "a").selection_metric == "PointM"  # declares none
+    assert make_trainer(tmp_path / "b", overrides={"dropout": 0.0},
+                        selection_metric="mIoU").selection_metric == "mIoU"
+    released = make_trainer(tmp_path / "c", model_cls=ReleasedTinyModel, max_steps=8)
+    assert released.selection_metric == "mIoU"
+    summary = released.fit()
+    records, _ = read_jsonl(tmp_path / "c" / "train_log.jsonl")
+    val = [r["metrics"] for r in records if r["kind"] == "val"]
+    assert summary["best_metric"] == "mIoU"
+    assert summary["best_value"] == max(m["mIoU"] for m in val)
+    assert load_checkpoint_file(tmp_path / "c" / "best.pt")["trainer"]["best"]["metric"] == "mIoU"
+    given = make_trainer(tmp_path / "d", model_cls=ReleasedTinyModel, selection_metric="PointM")
+    assert given.selection_metric == "PointM"
+    with pytest.raises(ConfigError, match="validation gave no 'oIoU'"):
+        make_trainer(tmp_path / "e", overrides={"selection_metric": "oIoU"},
+                     model_cls=ReleasedTinyModel, max_steps=1).fit()
+
+
+def test_sampling_refs_from_the_model_config_drives_the_loader(tmp_path: Path) -> None:
+    dataset = FakeRefer()
+    num_refs = sum(len(dataset.refs_of_image(i)) for i in dataset.image_ids)  # 19 over 10 images
+    trainer = make_trainer(tmp_path, model_cls=ReleasedTinyModel, val_dataset=None)
+    assert trainer.sampler.unit == "refs" and trainer.sampler.num_items == num_refs == 19
+    assert trainer.steps_per_epoch == 7  # 19 refs, batch 3: 6 x 3 + 1
+    trainer.sampler.set_epoch(0)
+    keys = []
+    for batch in trainer.loader:  # the real DataLoader path with TrainingData
+        keys += [g[0].ref_id for g in batch.expressions]
+        assert batch.extras["num_distinct"].tolist() == [len(g) - 1 for g in batch.expressions]
+        assert all(len(g) == 2 for g in batch.expressions)  # num_distinct 1 negative each
+    assert sorted(keys) == sorted(r.ref_id for i in dataset.image_ids
+                                  for r in dataset.refs_of_image(i))
+    # the population is the refs: batch 11 exceeds the 10 images but not the 19 refs
+    with pytest.raises(ConfigError, match="batch_size 20 .* 19 refs"):
+        make_trainer(tmp_path / "x", model_cls=ReleasedTinyModel, batch_size=20)
+    assert make_trainer(tmp_path / "y", model_cls=ReleasedTinyModel, batch_size=11).sampler
+    with pytest.raises(ConfigError, match="batch_size 11 .* 10 distinct images"):
+        make_trainer(tmp_path / "v", model_cls=ReleasedTinyModel, batch_size=11,
+                     overrides={"sampling": "images"})
+    with pytest.raises(ConfigError, match="'sampling' must be one of"):
+        make_trainer(tmp_path / "z", model_cls=ReleasedTinyModel, overrides={"sampling": "x"})
+    with pytest.raises(DataError, match="no cues for expression"):
+        make_trainer(tmp_path / "w", model_cls=ReleasedTinyModel,
+                     overrides={"num_cues": 2}, cues={"0:0:0": ("a", "b")})
+
+
+def test_resize_pil_in_the_model_config_reaches_the_training_batch(tmp_path: Path) -> None:
+    from PIL import Image
+
+    def first_batch(trainer: Trainer):
+        items = trainer.sampler.global_batches(0)[0]
+        return items, trainer.data.collate([trainer.data[i] for i in items]).images
+
+    pil = make_trainer(tmp_path / "pil", model_cls=ReleasedTinyModel, val_dataset=None)
+    assert pil.data.transform.resize == "pil"
+    items, images = first_batch(pil)
+    mean = torch.tensor(pil.config["mean"]).view(3, 1, 1)
+    std = torch.tensor(pil.config["std"]).view(3, 1, 1)
+    for item, image in zip(items, images):
+        pixels = FakeRefer().load_image(item.image_id)  # [12, 18, 3] uint8
+        resized = np.asarray(Image.fromarray(pixels).resize((16, 16), Image.BILINEAR))
+        expected = (torch.from_numpy(resized.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+        assert torch.allclose(image, expected, atol=1e-5)
+    torch_default = make_trainer(tmp_path / "torch", model_cls=ReleasedTinyModel,
+                                 overrides={"resize": "torch"}, val_dataset=None)
+    assert torch_default.data.transform.resize == "torch"
+    assert make_trainer(tmp_path / "tiny", val_dataset=None).data.transform.resize == "torch"
+    _, torch_images = first_batch(torch_default)
+    assert not torch.allclose(torch_images, images, atol=1e-3)  # the test can tell them apart
+    with pytest.raises(ConfigError, match="resize must be one of"):
+        make_trainer(tmp_path / "bad", model_cls=ReleasedTinyModel, overrides={"resize": "cv2"})
 
 
 # --- DDP ----------------------------------------------------------------------------------

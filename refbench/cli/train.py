@@ -95,7 +95,8 @@ def false_negative_mask(dataset: Any) -> Any:
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Model config override (JSON value); repeatable; applied after --config.")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the model config's).")
-@click.option("--batch-size", type=int, default=None, help="Distinct images per global batch.")
+@click.option("--batch-size", type=int, default=None,
+              help="Items per global batch: distinct images, or refs for models sampling refs.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out_dir", default="runs/train", show_default=True, help="Runs root.")
 @click.option("--resume", default=None, is_flag=False, flag_value="latest", metavar="[RUN]",
@@ -109,14 +110,15 @@ def false_negative_mask(dataset: Any) -> Any:
 @click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
               help="Also write last.pt every N steps.")
-@click.option("--metric", "selection_metric", default="PointM", show_default=True,
-              help="Validation metric that picks best.pt (higher is better).")
+@click.option("--metric", "selection_metric", default=None,
+              help="Validation metric that picks best.pt (higher is better; default: the "
+                   "model's, PointM for most).")
 def train_command(
     model_name: str, split: str, val_split: str | None, data_root: str | None,
     config_file: str | None, set_pairs: tuple[str, ...], epochs: int | None,
     batch_size: int | None, device: str | None, out_dir: str, resume: str | None, seed: int,
     cue_backend: str | None, proposal_backend: str | None, mask_false_negatives: bool,
-    num_workers: int, checkpoint_every: int, selection_metric: str,
+    num_workers: int, checkpoint_every: int, selection_metric: str | None,
 ) -> None:
     """Train a model on a split; print where the best checkpoint is."""
     import torch
@@ -131,7 +133,7 @@ def train_command(
     from refbench.io import atomic_write_json
     from refbench.registry import get_model_class
     from refbench.train.sampler import TrainingSampler
-    from refbench.train.trainer import Trainer
+    from refbench.train.trainer import Trainer, resolve_selection_metric
 
     # Cheap checks first: a mistake costs nothing and leaves nothing behind.
     get_split(split)
@@ -147,15 +149,15 @@ def train_command(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     model = cls.from_config(overrides)
+    selection_metric = resolve_selection_metric(model.config, selection_metric)
     out_root = Path(out_dir)
     resume_dir = find_resume_dir(out_root, model_name, split, resume) if resume else None
 
     dataset = open_dataset(split, data_root)
     val_dataset = open_dataset(val_split, data_root) if val_split else None
     ctx = distributed.setup(device)
-    TrainingSampler(  # batch size vs distinct images, before any cache is built
-        dataset, int(model.config["batch_size"]), seed=seed, world_size=ctx.world_size
-    )
+    # batch size vs the population (images or refs, as the trainer samples), before any cache
+    TrainingSampler.for_model(dataset, model.config, seed=seed, world_size=ctx.world_size)
 
     cue_table = None
     if model.num_cues:

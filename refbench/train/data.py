@@ -2,11 +2,12 @@
 
 `TrainingData` is a map-style dataset indexed by `SampledImage` (the items `TrainingSampler`
 yields), so a `DataLoader(batch_sampler=TrainingSampler(...), collate_fn=collate_training)`
-produces ready `Batch` objects: images resized and normalised at the model's input size,
+produces ready `Batch` objects: images resized (``resize``: "torch" or "pil", as
+`refbench.data.transforms.ModelImageTransform`) and normalised at the model's input size,
 ``expressions[i] = [positive, extra_1, ..., extra_Nd]`` with cues filled when the model reads
 them, and extras:
 
-- ``num_distinct``: [B] long, how many extras image i holds (0 when it has no other object);
+- ``num_distinct``: [B] long, how many extras item i holds (0 when it has no other object);
 - ``proposals``: [B, P, S, S] bool and ``proposals_valid`` [B, P] bool when the model asks for
   P proposals (an image with fewer proposals is padded with empty, invalid masks);
 - ``false_negatives``: [B, B] bool when masking is on: entry [i, j] (j != i) says image i's
@@ -44,7 +45,11 @@ def check_cues(expressions: Sequence[Expression], cues: Mapping[str, Sequence[st
 
 
 class TrainingData(Dataset):
-    """Loads one `SampledImage`: image tensor, expressions with cues, optional proposals."""
+    """Loads one `SampledImage`: image tensor, expressions with cues, optional proposals.
+
+    The image transform is `ModelImageTransform(input_size, mean, std, resize)`, the one
+    evaluation builds from the same config keys.
+    """
 
     def __init__(
         self,
@@ -53,6 +58,7 @@ class TrainingData(Dataset):
         input_size: int,
         mean: Sequence[float],
         std: Sequence[float],
+        resize: str = "torch",
         num_cues: int = 0,
         cues: Mapping[str, Sequence[str]] | None = None,
         num_proposals: int = 0,
@@ -63,7 +69,7 @@ class TrainingData(Dataset):
         self.input_size = int(input_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.transform = ModelImageTransform(self.input_size, self.mean, self.std)
+        self.transform = ModelImageTransform(self.input_size, self.mean, self.std, resize)
         self.num_cues = int(num_cues)
         self.cues = cues
         self.num_proposals = int(num_proposals)

@@ -8,6 +8,12 @@ end, and checkpoints that resume exactly (same weights bit for bit as an uninter
 Run folder (``out_dir``): ``train_log.jsonl`` (one line per logged step, and one ``"kind": "val"``
 line per validation), ``last.pt`` (every epoch, every `checkpoint_every` steps, and when
 `max_steps` stops the run), ``best.pt`` (best validation score so far), ``val/epoch_NNN/``.
+
+Model config keys it reads, besides the recipe (``lr``, ``weight_decay``, ``epochs``,
+``batch_size``, ``poly_power``, ``warmup_steps``, ``grad_clip``): ``sampling`` and
+``num_distinct`` (the `TrainingSampler`), ``num_cues``, ``num_proposals``, ``input_size``,
+``mean``, ``std`` and ``resize`` (the image transform evaluation uses too) and
+``selection_metric`` (what picks best.pt; PointM when the model declares none).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from refbench.api import TrainableModel
+from refbench.data.transforms import ModelImageTransform
 from refbench.errors import CheckpointError, ConfigError, DataError
 from refbench.io import append_jsonl, atomic_write_text, ensure_dir, exclusive_lock, read_jsonl
 from refbench.nn.schedule import poly_lr_lambda
@@ -40,6 +47,16 @@ from refbench.train.data import FalseNegativeFn, TrainingData, check_cues
 from refbench.train.sampler import TrainingSampler
 
 EvaluateFn = Callable[..., Mapping[str, Any]]
+
+DEFAULT_SELECTION_METRIC = "PointM"
+
+
+def resolve_selection_metric(config: Mapping[str, Any], metric: str | None = None) -> str:
+    """The validation metric that picks best.pt: `metric` when given, else the model config's
+    ``selection_metric``, else PointM."""
+    if metric is not None:
+        return metric
+    return str(config.get("selection_metric", DEFAULT_SELECTION_METRIC))
 
 
 class TrainingStepModule(nn.Module):
@@ -95,7 +112,7 @@ class Trainer:
         cues: Mapping[str, Any] | None = None,
         proposals: Any = None,
         false_negatives: FalseNegativeFn | None = None,
-        selection_metric: str = "PointM",
+        selection_metric: str | None = None,
         evaluate_fn: EvaluateFn | None = None,
         eval_kwargs: Mapping[str, Any] | None = None,
         find_unused_parameters: bool = False,
@@ -117,7 +134,7 @@ class Trainer:
         self.log_every = max(1, int(log_every))
         self.checkpoint_every = checkpoint_every
         self.max_steps = max_steps
-        self.selection_metric = selection_metric
+        self.selection_metric = resolve_selection_metric(self.config, selection_metric)
         self.val_dataset = val_dataset
         self.evaluate_fn = evaluate_fn or _default_evaluate
         self.eval_kwargs = dict(eval_kwargs or {})
@@ -137,10 +154,10 @@ class Trainer:
         self.amp = self.amp and self.device.type == "cuda"  # bf16 autocast is for CUDA only
 
         # --- data: every user-facing check happens here, before any training step --------
-        self.sampler = TrainingSampler(
+        self.sampler = TrainingSampler.for_model(
             train_dataset,
-            self.batch_size,
-            num_distinct=int(self.config.get("num_distinct", 0)),
+            self.config,
+            batch_size=self.batch_size,
             seed=self.seed,
             rank=self.rank,
             world_size=self.world_size,
@@ -157,13 +174,17 @@ class Trainer:
                 "store was given; pass --proposals BACKEND to build one"
             )
         if model.num_cues:
-            check_cues([e for objs in self.sampler.objects.values() for _, es in objs for e in es],
-                       cues)
+            check_cues(self.sampler.expressions(), cues)
+        try:
+            transform = ModelImageTransform.for_model(self.config)  # as evaluation builds it
+        except ValueError as error:
+            raise ConfigError(f"model {model.name!r}: {error}") from None
         self.data = TrainingData(
             train_dataset,
-            input_size=model.input_size,
-            mean=self.config.get("mean", (0.0, 0.0, 0.0)),
-            std=self.config.get("std", (1.0, 1.0, 1.0)),
+            input_size=transform.size,
+            mean=transform.mean,
+            std=transform.std,
+            resize=transform.resize,
             num_cues=model.num_cues,
             cues=cues,
             num_proposals=num_proposals,
@@ -215,7 +236,9 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.best: dict[str, Any] = {"metric": selection_metric, "value": None, "epoch": None}
+        self.best: dict[str, Any] = {
+            "metric": self.selection_metric, "value": None, "epoch": None
+        }
         self._rng_to_restore: dict[str, Any] | None = None
         self._log_handle: Any = None
         self._pending_log: list[dict[str, Any]] = []
@@ -365,7 +388,8 @@ class Trainer:
             if self.selection_metric not in metrics:
                 raise ConfigError(
                     f"validation gave no {self.selection_metric!r}; choose the selection metric "
-                    f"among {', '.join(sorted(metrics))}"
+                    f"(--metric, or the model config's selection_metric) among "
+                    f"{', '.join(sorted(metrics))}"
                 )
             value = float(metrics[self.selection_metric])
             record = {"kind": "val", "step": self.step, "epoch": self.epoch,
