@@ -36,6 +36,47 @@ SMALL_CLIP_CONFIG: dict[str, Any] = {
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+def released_tokens(texts: Sequence[str], length: int) -> Tensor:
+    """TRIS's and PCNet's released tokenisation: [T] texts -> [T, length] long.
+
+    CLIP's BPE with start and end tokens in CLIP's 77-token context, then only the first
+    `length` tokens are kept (their ``clip.tokenize(sentence)[:max_query_len]``). A sentence of
+    more than `length` tokens loses its end token, so the text tower, which reads the
+    highest-numbered token, pools it at the start token (docs/models.md, `tris`).
+    """
+    if isinstance(texts, str):
+        raise TypeError("released_tokens takes a list of texts, not a single string")
+    if length < 2:
+        raise ValueError(f"length must be at least 2, got {length}")
+    return _open_clip().tokenize(list(texts))[:, :length]
+
+
+def encode_clip_tokens(model: nn.Module, tokens: Tensor) -> Tensor:
+    """An open_clip CLIP's projected text embedding of token rows: [T, L] -> [T, D].
+
+    L may be shorter than the model's context (77): the text transformer then runs on the
+    first L positions only, with the causal mask and positional embedding cut to L, as a CLIP
+    built with a context of L does (TRIS and PCNet build theirs with 20). Not normalised.
+    """
+    length = int(tokens.shape[1])
+    context = int(model.context_length)
+    if length == context:
+        return model.encode_text(tokens, normalize=False)
+    if length > context:
+        raise ValueError(f"{length} tokens exceed the text context of {context}")
+    from open_clip.transformer import text_global_pool
+
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(
+        model.ln_final(x), tokens, model.text_pool_type,
+        eos_token_id=getattr(model, "text_eos_id", None),
+    )
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
 def _open_clip() -> Any:
     """Import open_clip on first use, so importing refbench.nn stays cheap."""
     import open_clip
@@ -76,7 +117,7 @@ def _describe_architecture(arch: str, small: bool, config: Mapping[str, Any]) ->
     )
 
 
-def _read_state_dict(path: Path, expected: str) -> dict[str, Tensor]:
+def read_clip_state_dict(path: Path, expected: str) -> dict[str, Tensor]:
     """Read a CLIP state dict safely: weights-only pickle, safetensors or a TorchScript archive."""
     if not path.is_file():
         raise CheckpointError(
@@ -182,7 +223,7 @@ class ClipBackbone(nn.Module):
                         f"open_clip has no download for {arch} {weights_str!r}; pass a local "
                         "file path (--backbone-weights PATH)"
                     )
-                state = _read_state_dict(Path(local), expected)
+                state = read_clip_state_dict(Path(local), expected)
                 source = f"open_clip {arch} {weights_str!r} ({local})"
                 description = f"open_clip {arch} {weights_str}"
             else:
@@ -194,7 +235,7 @@ class ClipBackbone(nn.Module):
                         f"open_clip tag for {arch} (tags: {', '.join(tags) or 'none'}); pass the "
                         "path of a local CLIP checkpoint"
                     )
-                state = _read_state_dict(path, expected)
+                state = read_clip_state_dict(path, expected)
                 source = f"file {path}"
                 description = f"local file {path} sha256 {file_sha256(path)}"
 
@@ -307,20 +348,31 @@ class ClipBackbone(nn.Module):
 
     # ----- text side --------------------------------------------------------------------------
 
-    def tokenize(self, texts: Sequence[str]) -> Tensor:
-        """open_clip BPE tokens, truncated to the context length: [T] texts -> [T, L] long."""
+    def tokenize(self, texts: Sequence[str], length: int | None = None) -> Tensor:
+        """open_clip BPE tokens: [T] texts -> [T, L] long.
+
+        length None: the model's context, a long text truncated with its end token kept;
+        length L: `released_tokens` (the first L tokens, a long text loses its end token).
+        """
         if isinstance(texts, str):
             raise TypeError("tokenize takes a list of texts, not a single string")
-        tokens = _open_clip().tokenize(list(texts), context_length=self.context_length)
+        if length is None:
+            tokens = _open_clip().tokenize(list(texts), context_length=self.context_length)
+        else:
+            tokens = released_tokens(texts, length)
         return tokens.to(self.model.token_embedding.weight.device)
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
-        """The projected EOT-token embedding of token rows: [T, L] -> [T, D] (not normalised)."""
-        return self.model.encode_text(tokens, normalize=False)
+        """The projected embedding of token rows, pooled at the highest token: [T, L] -> [T, D].
 
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """The projected EOT-token embedding of each text: [T] texts -> [T, D] (not normalised)."""
-        return self.encode_tokens(self.tokenize(texts))
+        L may be below the context length (see `encode_clip_tokens`). Not normalised.
+        """
+        return encode_clip_tokens(self.model, tokens)
+
+    def encode_text(self, texts: Sequence[str], length: int | None = None) -> Tensor:
+        """The projected EOT-token embedding of each text: [T] texts -> [T, D] (not normalised);
+        `length` as in `tokenize`."""
+        return self.encode_tokens(self.tokenize(texts, length))
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, weights={self.weights_description!r}"
