@@ -52,7 +52,7 @@ def test_short_context_text_equals_a_clip_built_with_that_context() -> None:
 def block(channels: int = 8) -> BilateralAttention:
     torch.manual_seed(0)
     attention = BilateralAttention(channels, channels).eval()
-    for name, parameter in attention.named_parameters():  # non-trivial norm affines
+    for parameter in attention.parameters():  # non-trivial norm affines
         if parameter.ndim == 1:
             parameter.data.normal_(0.5, 0.3)
     return attention

@@ -1,18 +1,19 @@
 """TRIS's calibration losses: a frozen CLIP scores the foreground the response map keeps.
 
-In TRIS's released training script (fawnliu/TRIS, ``train_stage1.py``, ``loss/clip_loss.py``)
-the response map of each image for its own sentence is upsampled to the input size, passed
-through a sigmoid, resized with the image to the calibration CLIP's input size (224 for
-ViT-B/32) and multiplied into the normalised image. A second CLIP, frozen, embeds that
-foreground; two losses follow (``l1`` with weight ``w1 = 2`` and ``l2`` with ``w2 = 1``):
+In TRIS's released training script (fawnliu/TRIS, ``train_stage1.py``) the response map of
+each image for its own sentence is upsampled to the input size, passed through a sigmoid,
+resized with the image to the calibration CLIP's input size (224 for ViT-B/32) and multiplied
+into the normalised image. A second CLIP, frozen, embeds that foreground; two losses follow
+(the script's ``l1``, weight ``w1 = 1``, and ``l5`` or "cbs", weight ``w5 = 2``):
 
-- positive: ``mean_i -log cos(f_i, t_i)``, the foreground should match its own sentence;
+- positive: ``mean_i -log clamp(cos(f_i, t_i), 1e-4, 0.9999)``, the foreground should match
+  its own sentence;
 - negative: ``mean_i mean_k -log(1 - cos(f_i, n_ik))``, it should not match sentences about
-  other objects of the same image (TRIS draws 6 with replacement; when the image has no
-  other object it draws sentences of other images).
+  other objects of the same image (scripts/train_stage1.sh draws 3, with replacement; when
+  the image has no other object they are sentences of other images).
 
-The cosines are clamped below at `eps` before the log: TRIS takes the log unguarded, which is
-NaN for a non-positive cosine (never the case with pretrained CLIP, common with random init).
+The clamps are arguments: the released code's are above (the negative term unclamped), the
+refbench variant's defaults clamp both at 1e-6 from below only.
 """
 
 from __future__ import annotations
@@ -48,22 +49,34 @@ def foreground_images(maps: Tensor, images: Tensor, size: int) -> Tensor:
 
 
 def positive_calibration_loss(
-    foreground: Tensor, positive_text: Tensor, eps: float = CALIBRATION_EPS
+    foreground: Tensor,
+    positive_text: Tensor,
+    eps: float = CALIBRATION_EPS,
+    upper: float | None = None,
 ) -> Tensor:
-    """TRIS's ``l1``: mean_i -log(max(eps, cos(f_i, t_i))); [B, D], [B, D] -> scalar."""
+    """TRIS's ``l1``: mean_i -log(clamp(cos(f_i, t_i), eps, upper)); [B, D], [B, D] -> scalar."""
     if foreground.shape != positive_text.shape or foreground.ndim != 2:
         raise ValueError(
             f"foreground and positive_text must both be [B, D], got {tuple(foreground.shape)} "
             f"and {tuple(positive_text.shape)}"
         )
-    cosine = F.cosine_similarity(foreground, positive_text, dim=-1)
-    return -torch.log(cosine.clamp(min=eps)).mean()
+    cosine = _cosine(foreground, positive_text)
+    return -torch.log(cosine.clamp(min=eps, max=upper)).mean()
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine along the last dim after dividing each side by its norm, as the released code."""
+    return (a / a.norm(dim=-1, keepdim=True) * (b / b.norm(dim=-1, keepdim=True))).sum(-1)
 
 
 def negative_calibration_loss(
-    foreground: Tensor, negative_text: Tensor, valid: Tensor, eps: float = CALIBRATION_EPS
+    foreground: Tensor,
+    negative_text: Tensor,
+    valid: Tensor,
+    eps: float | None = CALIBRATION_EPS,
 ) -> Tensor:
-    """TRIS's ``l2``: mean over images of mean_k -log(max(eps, 1 - cos(f_i, n_ik))).
+    """TRIS's "cbs" term: mean over images of mean_k -log(max(eps, 1 - cos(f_i, n_ik)));
+    eps None leaves ``1 - cos`` unclamped, as the released code does.
 
     foreground: [B, D]; negative_text: [B, K, D] padded; valid: [B, K] bool marks real
     negatives. Images without any negative are left out of the mean (0 if none has one).
@@ -75,8 +88,8 @@ def negative_calibration_loss(
         )
     if valid.shape != negative_text.shape[:2]:
         raise ValueError(f"valid {tuple(valid.shape)} != [B, K] {tuple(negative_text.shape[:2])}")
-    cosine = F.cosine_similarity(foreground[:, None, :], negative_text, dim=-1)  # [B, K]
-    per_pair = -torch.log((1 - cosine).clamp(min=eps))
+    cosine = _cosine(foreground[:, None, :], negative_text)  # [B, K]
+    per_pair = -torch.log((1 - cosine).clamp(min=eps) if eps is not None else 1 - cosine)
     keep = valid.to(per_pair.dtype)
     counts = keep.sum(-1)
     has_any = counts > 0

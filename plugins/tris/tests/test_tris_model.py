@@ -197,7 +197,8 @@ def test_missing_calibration_weights_file_is_a_checkpoint_error() -> None:
             "calibration_clip_weights": "/nonexistent/calib.pt",
         }
     )
-    assert model.calibration_weights == (2.0, 1.0)  # weights given: the paper's weights
+    # weights given: the released script's w1 = 1 (positive) and w5 = 2 (negative)
+    assert model.calibration_weights == (1.0, 2.0)
     with pytest.raises(CheckpointError, match="/nonexistent/calib.pt"):
         model.training_step(small_batch(count=2))
 
