@@ -20,6 +20,16 @@ def write_dist_info(root: Path, dist: str, version: str, entry_points: dict[str,
     return root
 
 
+def register_checkout_plugin(
+    root: Path, monkeypatch, dist: str, entry_points: dict[str, str]
+) -> None:
+    """Register a plugin package importable from the checkout (e.g. refbench_tris) through a
+    .dist-info on sys.path, as pip would, with progress bars off for the CLI."""
+    write_dist_info(root / "site", dist, "0.1.0", entry_points)
+    monkeypatch.syspath_prepend(str(root / "site"))
+    monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
+
+
 def write_plugin(
     root: Path, dist: str, version: str, package: str, entry_points: dict[str, str], source: str
 ) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from refbench.cli import main
-from tests.plugin_fixture import write_dist_info
+from tests.plugin_fixture import register_checkout_plugin
 from tests.refer_fixture import make_tiny_refer
 
 SPLIT = "refcocog-val-g"
@@ -17,10 +17,7 @@ SPLIT = "refcocog-val-g"
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """refbench-clip-baseline registered on sys.path through a .dist-info, as pip would."""
-    write_dist_info(tmp_path / "site", "refbench-clip-baseline", "0.1.0",
-                    {"clip": "refbench_clip_baseline.model:ClipBaseline"})
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
+    register_checkout_plugin(tmp_path, monkeypatch, "refbench-clip-baseline", {"clip": "refbench_clip_baseline.model:ClipBaseline"})
 
 
 def _eval(tmp_path: Path, *extra: str) -> int:

@@ -10,7 +10,7 @@ import torch
 from refbench_tris import TRIS
 
 from refbench.cli import main
-from tests.plugin_fixture import write_dist_info
+from tests.plugin_fixture import register_checkout_plugin
 from tests.refer_fixture import make_tiny_refer
 
 SPLIT = "refcocog-val-g"
@@ -18,12 +18,8 @@ SPLIT = "refcocog-val-g"
 
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
-    """refbench-tris registered on sys.path (its package is importable from the checkout)."""
-    write_dist_info(
-        tmp_path / "site", "refbench-tris", "0.1.0", {"tris": "refbench_tris.model:TRIS"}
-    )
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
+    """refbench-tris registered on sys.path through a .dist-info, as pip would."""
+    register_checkout_plugin(tmp_path, monkeypatch, "refbench-tris", {"tris": "refbench_tris.model:TRIS"})
 
 
 def test_checkpoint_round_trip_through_refbench_eval(tmp_path, installed, capsys) -> None:

@@ -23,7 +23,7 @@ from refbench.data.splits import get_split
 from refbench.data.transforms import ModelImageTransform
 from refbench.errors import CheckpointError
 from refbench.nn import released_tokens
-from tests.plugin_fixture import write_dist_info
+from tests.plugin_fixture import register_checkout_plugin
 from tests.reference_fixture import write_reference_refer
 from tests.reference_weights import seeded_state_dict
 
@@ -189,10 +189,8 @@ def test_joint_forward_of_two_images_equals_the_official_batch(model, val_set, g
 
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
-    write_dist_info(tmp_path / "site", "refbench-tris", "0.1.0",
-                    {"tris": "refbench_tris.model:TRIS"})
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
+    """refbench-tris registered on sys.path through a .dist-info, as pip would."""
+    register_checkout_plugin(tmp_path, monkeypatch, "refbench-tris", {"tris": "refbench_tris.model:TRIS"})
 
 
 def run_eval(tmp_path, checkpoint, data_root, out: str, *extra: str) -> tuple[list, dict]:
