@@ -104,7 +104,8 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
 @click.option("--model", "model_name", required=True, help="Registered model name (refbench list).")
 @click.option("--split", required=True, help="Split id, e.g. refcocog-val-g or synth-val.")
 @data_root_option
-@click.option("--checkpoint", default=None, help="A refbench checkpoint of this model.")
+@click.option("--checkpoint", default=None,
+              help="A checkpoint of this model: refbench's, or the authors' file where the plugin reads it (tris).")
 @click.option("--protocol", default="tris", show_default=True, help="tris or sag.")
 @click.option("--sentences", default="all", show_default=True, help="all or first.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per batch.")

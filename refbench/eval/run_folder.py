@@ -24,7 +24,7 @@ METRICS_FILE = "metrics.json"
 # batch_size, device, num_workers and paths do not change any per-expression result.
 RESULT_KEYS = (
     "model", "model_config", "weights", "checkpoint_sha256", "split", "dataset", "protocol",
-    "sentences", "proposals", "cues", "seed", "save_masks",
+    "protocol_rules", "sentences", "proposals", "cues", "seed", "save_masks",
 )
 
 

@@ -298,6 +298,12 @@ def _chance(dataset: Any) -> dict[str, Any] | None:
     return _jsonable({"PointM": summary["overall"], "per_template": per_template})
 
 
+def _protocol_rules(protocol: str) -> dict[str, Any]:
+    """Every rule of the protocol, so that a run says what its name meant when it ran."""
+    rules = dataclasses.asdict(get_protocol(protocol))
+    return {k: v for k, v in rules.items() if k not in ("name", "description", "source")}
+
+
 def run_config(
     model: RISModel,
     dataset: Any,
@@ -327,6 +333,7 @@ def run_config(
             "data_root": str(dataset.data_root),
             "dataset": dataset.metadata(),
             "protocol": protocol,
+            "protocol_rules": _protocol_rules(protocol),
             "sentences": sentences,
             "proposals": proposals,
             "cues": cues,
