@@ -144,7 +144,8 @@ def reference_records(data: dict, sentences: str = "all", grid: int = 8) -> list
     """Per-sentence reference (TRIS protocol) with NumPy: peak, hits, I and U per expression.
 
     TRIS's validate.py: ReLU'd map, bilinear resize with align_corners=True, divided by
-    max + 1e-5, mask = map > 1e-9, peak = first argmax.
+    max + 1e-5, mask = map > 1e-9, peak = first argmax, Box Hit on the integer box. Every
+    annotation here is one polygon, so the union and "covered once" ground truths agree.
     """
     from pycocotools import mask as mask_utils
 
@@ -169,7 +170,8 @@ def reference_records(data: dict, sentences: str = "all", grid: int = 8) -> list
             normalised = resized / (resized.max() + 1e-5)
             predicted = normalised > 1e-9
             y, x = np.unravel_index(int(np.argmax(normalised)), normalised.shape)
-            bx, by, bw, bh = ann["bbox"]
+            # TRIS's box: x, y, w, h each cast to int, the edges included (isCorrectHit)
+            x1, y1, iw, ih = np.array(ann["bbox"], dtype=int)
             on_any = False
             for other in data["annotations"]:
                 if other["image_id"] == ref["image_id"]:
@@ -177,7 +179,7 @@ def reference_records(data: dict, sentences: str = "all", grid: int = 8) -> list
                     on_any |= bool(mask_utils.decode(mask_utils.merge(poly))[y, x])
             out.append({
                 "key": key, "peak": [int(y), int(x)], "point_hit": bool(gt[y, x]),
-                "box_hit": bool(bx <= x < bx + bw and by <= y < by + bh),
+                "box_hit": bool(x1 <= x <= x1 + iw and y1 <= y <= y1 + ih),
                 "inter": int((predicted & gt).sum()), "union": int((predicted | gt).sum()),
                 "on_background": not on_any,
                 "mask": predicted,
