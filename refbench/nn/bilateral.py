@@ -5,7 +5,7 @@ block (``bilateral_prompt`` in their ``model/attn.py``; TRIS uses one, PCNet fou
 position attends over the texts, every text attends over the positions, and each side gets the
 attended values of the other back. The caller adds the result, scaled (0.1 in both code bases),
 to its unchanged inputs. The names here are refbench's; `OFFICIAL_NAMES` maps the released
-parameter names onto them for checkpoint import.
+block's submodule names onto them (checkpoint import and export).
 
 Attention runs over every text given for an image, so a map depends on which other texts were
 fused with it: give one text per image to get answers that do not depend on grouping.
@@ -89,14 +89,6 @@ class BilateralAttention(nn.Module):
         visual_update = visual_update.reshape(batch, -1, height, width)
         text_update = to_positions @ vision_value  # [B, T, m]
         return self.vision_out(visual_update), self.text_out(text_update)
-
-
-def official_to_refbench(name: str) -> str:
-    """A parameter name within a released ``bilateral_prompt`` block, in refbench's names."""
-    head, _, rest = name.partition(".")
-    if head not in OFFICIAL_NAMES:
-        raise KeyError(name)
-    return f"{OFFICIAL_NAMES[head]}.{rest}"
 
 
 def fuse(

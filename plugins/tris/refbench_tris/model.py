@@ -33,7 +33,6 @@ from refbench.api import (
     Prediction,
     RISModel,
     TrainableModel,
-    file_sha256,
     load_state_exactly,
 )
 from refbench.errors import CheckpointError, ConfigError
@@ -53,7 +52,7 @@ from refbench.nn import (
     released_tokens,
 )
 from refbench.nn.backbone import read_clip_state_dict
-from refbench.nn.bilateral import OFFICIAL_NAMES, official_to_refbench
+from refbench.nn.bilateral import OFFICIAL_NAMES
 from refbench_tris.calibration import (
     foreground_images,
     negative_calibration_loss,
@@ -281,8 +280,10 @@ class TRIS(TrainableModel):
         except ConfigError as error:
             raise CheckpointError(f"checkpoint {path} cannot be read with this config: {error}") \
                 from None
-        load_state_exactly(model, rename_official(weights), f"checkpoint {path}")
-        model.imported_from = f"{path.name} sha256 {file_sha256(path)[:16]}"
+        ours = {official_name(k): k for k in model.state_dict()}
+        renamed = {ours.get(k, k): v for k, v in weights.items()}  # unknown names kept: listed
+        load_state_exactly(model, renamed, f"checkpoint {path}")
+        model.imported_from = path.name  # its sha256 is in every run's config.json
         return model
 
     def export_official(self) -> dict[str, Tensor]:
@@ -368,7 +369,7 @@ class TRIS(TrainableModel):
         text = text / text.norm(dim=-1, keepdim=True)
         if self.fusion is not None:
             visual, text = fuse(visual, text, self.fusion, self.attn_multi)
-        batch, channels, height, width = visual.shape
+        batch, _, height, width = visual.shape
         scores = torch.bmm(visual.flatten(2).transpose(1, 2), text.transpose(1, 2))  # [N, hw, T]
         scores = scores * self.temperature()
         return scores.transpose(1, 2).reshape(batch, -1, height, width)
@@ -411,12 +412,7 @@ class TRIS(TrainableModel):
         positives = [group[0].text for group in batch.expressions]
         count = len(positives)
         visual = self.encode_images(batch.images)
-        if self.word_encoder is None:
-            tokens = self.tokenize(positives)
-            text = self.text_projection(self.backbone.encode_tokens(tokens))
-        else:
-            tokens = None
-            text = self.encode_texts(positives)
+        text = self.encode_texts(positives)
         maps = self.response(visual, text[None].expand(count, -1, -1))  # [B, B, h, w]
         scores = pool_response(
             maps,
@@ -444,14 +440,12 @@ class TRIS(TrainableModel):
         foreground = foreground_images(diagonal_maps(maps), batch.images, _image_side(clip))
         image_embedding = clip.encode_image(foreground)
         if positive_weight > 0:
-            calibration_tokens = (
-                tokens if tokens is not None and self.text_length is not None
-                else self._calibration_tokens(positives, batch.images)
-            )
             low, high = cfg["positive_clamp"]
+            text_embedding = encode_clip_tokens(
+                clip, self._calibration_tokens(positives, batch.images)
+            )
             losses["calibration_positive"] = positive_weight * positive_calibration_loss(
-                image_embedding, encode_clip_tokens(clip, calibration_tokens),
-                eps=low, upper=high,
+                image_embedding, text_embedding, eps=low, upper=high
             )
         if negative_weight > 0:
             negatives = negative_sentences(batch, keep_duplicates=cfg["variant"] == "released")
@@ -485,7 +479,8 @@ class TRIS(TrainableModel):
         return model.eval()
 
     def _calibration_tokens(self, texts: list[str], like: Tensor) -> Tensor:
-        """Tokens for the calibration CLIP's text tower: [T] -> [T, L]."""
+        """Tokens for the calibration CLIP's text tower: [T] -> [T, L]; with `text_length`,
+        the same tokens the backbone reads (the released code feeds both its 20 tokens)."""
         import open_clip
 
         model = self._calibration["model"]
@@ -572,6 +567,7 @@ _OFFICIAL_PREFIXES = {
     "lan_project.": "text_projection.proj.",
     "backbone.": "backbone.model.",
 }
+_FUSION_OFFICIAL = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
 
 
 def released_weights(state: Any) -> dict[str, Tensor] | None:
@@ -620,38 +616,17 @@ def describe_official(weights: Mapping[str, Tensor], path: Path) -> None:
 
 
 def official_name(key: str) -> str:
-    """A released-variant parameter name under the released code's names."""
+    """A released-variant parameter name under the released code's names (`import_checkpoint`
+    and `export_official` both use this one mapping)."""
     if key == "temperature.log_scale":
         return "logit_scale"
     if key.startswith("fusion."):
         head, _, rest = key.removeprefix("fusion.").partition(".")
-        official = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}[head]
-        return f"attn_fusion.{official}.{rest}"
+        return f"attn_fusion.{_FUSION_OFFICIAL[head]}.{rest}"
     for official, ours in _OFFICIAL_PREFIXES.items():
         if key.startswith(ours):
             return official + key.removeprefix(ours)
     raise KeyError(key)
-
-
-def rename_official(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The released names mapped onto refbench's (unknown names kept, for the error)."""
-    renamed = {}
-    for key, value in weights.items():
-        new = key
-        if key == "logit_scale":
-            new = "temperature.log_scale"
-        elif key.startswith("attn_fusion."):
-            try:
-                new = "fusion." + official_to_refbench(key.removeprefix("attn_fusion."))
-            except KeyError:
-                new = key
-        else:
-            for official, ours in _OFFICIAL_PREFIXES.items():
-                if key.startswith(official):
-                    new = ours + key.removeprefix(official)
-                    break
-        renamed[new] = value
-    return renamed
 
 
 def negative_sentences(batch: Batch, keep_duplicates: bool = False) -> list[list[str]]:
