@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,10 @@ class FakeSentence:
 class FakeDataset:
     """The ReferDataset methods the cue code uses: expressions, sentence, info."""
 
-    def __init__(self, texts: list[str], cues: list[list[str]] | None = None) -> None:
+    def __init__(self, texts: list[str], cues: list[list[str]] | None = None,
+                 refs_sha256: str = "refs-of-the-fake-data-set") -> None:
         self.info = FakeInfo()
+        self.refs_sha256 = refs_sha256  # subsets of one fake refs file share their cues
         self._expressions = [
             Expression(text=t, image_id=7, ref_id=10 + i // 2, ann_id=i, sent_id=100 + i)
             for i, t in enumerate(texts)
@@ -92,7 +95,9 @@ def test_layout_and_one_line_per_distinct_sentence(tmp_path: Path) -> None:
     path = cache_file(tmp_path)
     config = {"backend": "counting", "tag": "x"}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
-    assert path == tmp_path / "refcoco-unc" / f"counting-{digest.hexdigest()[:12]}.jsonl"
+    assert path.name == f"counting-{digest.hexdigest()[:12]}.jsonl"
+    assert path.parent.parent == tmp_path
+    assert re.fullmatch(r"refcoco-unc-[0-9a-f]{12}", path.parent.name)  # keyed by the refs
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["text"] for line in lines] == ["man on left", "woman in red shirt", "white car",
                                                 "dog on the bed"]
@@ -193,15 +198,20 @@ def test_template_backend_reads_synthref_cues(tmp_path: Path) -> None:
         get_backend("heuristik")
 
 
+def five(tag: str) -> list[str]:
+    return [f"{tag} {i}" for i in range(5)]
+
+
 def test_import_pcnet_phrase_files(tmp_path: Path) -> None:
     data = FakeDataset(TEXTS)  # refs 10 (sents 100, 101), 11 (102, 103), 12 (104)
     folder = tmp_path / "Mistral_7B_Ref_Sents"
     folder.mkdir()
     phrases = {
-        10: {"100": ["a man", "man on left"], "101": ["a woman", "woman", "red shirt"]},
-        11: {"102": ["a car", "white car"], "103": ["a man", "man on left"]},
-        12: {"104": ["a dog", "dog on the bed", "a dog", "dog", "bed", "extra"]},
-        99: {"999": ["a ref of another split"]},
+        10: {"100": five("a"), "101": five("b")},
+        # listed in reverse: the released loader pairs by position, so "103" goes to sent 102
+        11: {"103": five("c"), "102": five("d")},
+        12: {"104": five("e")},
+        99: {"999": five("another split")},
     }
     for ref_id, content in phrases.items():
         (folder / f"{ref_id}.json").write_text(json.dumps(content))
@@ -209,16 +219,19 @@ def test_import_pcnet_phrase_files(tmp_path: Path) -> None:
     assert import_pcnet_phrases(folder, data, cache_dir=cache) == 5
     cues = load_cues(data, "pcnet-import", cache_dir=cache)
     keys = [e.key for e in data.expressions()]
-    assert cues[keys[0]] == ("a man", "man on left", "man on left", "man on left", "man on left")
-    assert cues[keys[4]] == ("a dog", "dog on the bed", "a dog", "dog", "bed")  # first five
+    # "man on left" is sentence 100 of ref 10 and sentence 103 of ref 11: each keeps its own
+    assert [cues[k] for k in keys] == [tuple(five(t)) for t in "abcde"]
     assert import_pcnet_phrases(folder, data, cache_dir=cache) == 5
-    assert len(cache_file(cache).read_text().splitlines()) == 4  # no duplicates on re-import
+    assert len(cache_file(cache).read_text().splitlines()) == 5  # no duplicates on re-import
 
     (folder / "12.json").unlink()
     with pytest.raises(DataError, match=r"1 of 3 refs have no file \(e.g. 12.json\)"):
         import_pcnet_phrases(folder, data, cache_dir=tmp_path / "other")
-    (folder / "12.json").write_text(json.dumps({"777": ["a dog"]}))
-    with pytest.raises(DataError, match="12.json has no sentence 104"):
+    (folder / "12.json").write_text(json.dumps({"777": five("e"), "778": five("f")}))
+    with pytest.raises(DataError, match="12.json has 2 entries but its ref has 1 sentences"):
+        import_pcnet_phrases(folder, data, cache_dir=tmp_path / "other")
+    (folder / "12.json").write_text(json.dumps({"104": five("e")[:4]}))
+    with pytest.raises(DataError, match="12.json: entry '104' has 4 phrases, not 5"):
         import_pcnet_phrases(folder, data, cache_dir=tmp_path / "other")
     (folder / "12.json").write_text("{broken")
     with pytest.raises(DataError, match="12.json is not readable JSON"):

@@ -67,6 +67,7 @@ def shapes_scene(height: int = 96, width: int = 96, seed: int = 0):
 
 # --------------------------------------------------------------------------- tests
 import json  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -274,7 +275,7 @@ def test_store_round_trip_at_original_and_requested_size():
             assert got.shape == (6, *size)
             assert torch.equal(got[:3], ref) and not got[3:].any()
     assert store.bytes_per_image() > 0
-    assert store.folder.parent.name == "synthref-synth"
+    assert re.fullmatch(r"synthref-synth-[0-9a-f]{12}", store.folder.parent.name)
 
 
 def test_resume_after_a_torn_line_computes_only_the_missing_images():
@@ -408,31 +409,32 @@ def test_import_sam_rle_folder_applies_the_post_processing(tmp_path):
     assert got.shape == (40, 60, 50)
     assert np.array_equal(got[0].numpy(), big) and not got[1:].any()
     (folder / "2.json").write_text("[{]")
-    dataset.images[3] = dataset.images[2]
-    (folder / "3.json").write_text("not json")
-    with pytest.raises(DataError, match=r"3\.json.*image 3"):
-        import_sam_rle_folder(folder, dataset, min_area=100)
+    with pytest.raises(DataError, match=r"2\.json.*image 2"):  # another image set: a new store
+        import_sam_rle_folder(folder, make_dataset(n=3, size=(60, 50)), min_area=100)
+    assert np.array_equal(import_sam_rle_folder(folder, dataset, min_area=100).load(2)[0].numpy(),
+                          big)  # the finished store is not read again
 
 
-def test_import_pcnet_npy_files_keeps_order_and_resizes(tmp_path):
+def test_import_pcnet_npy_files_keeps_every_mask_at_its_index(tmp_path):
     dataset = make_dataset(n=2, size=(30, 40))
     out = tmp_path / "refcoco" / "SAM_Mask" / "SAM_out"
     out.mkdir(parents=True)
     arrays = {}
     for image_id in dataset.image_ids:
-        array = np.zeros((40, 15, 20), dtype=np.float32)  # half size, as a padded 40-stack
+        array = np.zeros((40, 30, 40), dtype=np.float32)  # a zero-padded 40-stack
         array[0, :5, :5] = 1
-        array[1, 5:, 10:] = 1
+        array[2, 5:, 10:] = 1  # after an empty mask at index 1
         arrays[image_id] = array
         np.save(out / f"img_{image_id:06d}.npy", array)
     store = import_pcnet_proposals(tmp_path / "refcoco", dataset, generator="sam")
-    assert store.backend_name == "pcnet-sam"
-    got = store.load(1)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(arrays[1][:2])[None], size=(30, 40),
-                                          mode="nearest")[0] > 0
-    assert torch.equal(got[:2], ref) and not got[2:].any()
+    assert store.backend_name == "pcnet-sam" and not store.has_sentence_scores()
+    assert np.array_equal(store.load(1).numpy(), arrays[1] > 0)
     with pytest.raises(DataError, match="SOLO_out"):
         import_pcnet_proposals(tmp_path / "refcoco", dataset, generator="freesolo")
+    np.save(out / "img_000002.npy", np.zeros((40, 15, 20), dtype=np.uint8))  # half size
+    with pytest.raises(DataError, match=r"img_000002\.npy .*shape \[40, 15, 20\].*"
+                                        r"needs \[40, 30, 40\]"):
+        import_pcnet_proposals(out, make_dataset(n=2, size=(30, 40)), name="other")
 
 
 # --- the real reader (run by the lead after merging) -----------------------------------------

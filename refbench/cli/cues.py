@@ -54,13 +54,21 @@ def build_command(
 
 
 @cues_group.command("import")
-@click.option("--split", "split", required=True, help="split id, e.g. refcoco-val")
-@click.option("--from", "source", required=True, help="folder of PCNet's <ref_id>.json files")
+@click.option("--split", "split", required=True, help="split id, e.g. refcocog-val-u")
+@click.option("--from", "source", required=True,
+              help="PCNet's folder of <ref_id>.json phrase files (Mistral_7B_Ref_Sents)")
+@click.option("--ref-id-map", "ref_id_map", type=click.Path(dir_okay=False), default=None,
+              help="umd_2_google_ref.npy: the file id of each ref (default for refcocog-umd: "
+                   "the one in the data set folder, when present)")
 @data_root_option
-def import_command(split: str, source: str, data_root: str | None) -> None:
+def import_command(split: str, source: str, ref_id_map: str | None,
+                   data_root: str | None) -> None:
     """Import the phrase files released with PCNet's code as backend ``pcnet-import``."""
     from refbench.cues import import_pcnet_phrases
+    from refbench.cues.pcnet_import import find_ref_id_map
 
     dataset = open_split(split, data_root)
-    count = import_pcnet_phrases(source, dataset)
-    click.echo(f"imported PCNet phrases for {count} expressions of {split}")
+    map_path = ref_id_map if ref_id_map is not None else find_ref_id_map(dataset)
+    count = import_pcnet_phrases(source, dataset, ref_id_map=map_path)
+    used = f"ref id map {map_path}" if map_path is not None else "no ref id map (files by ref id)"
+    click.echo(f"imported PCNet phrases for {count} expressions of {split} ({used})")

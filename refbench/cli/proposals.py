@@ -84,25 +84,40 @@ def build_command(split: str, data_root: str | None, backend: str, checkpoint: s
 @click.option("--split", required=True)
 @data_root_option
 @click.option("--from", "source", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of per-image proposal files.")
+              help="sam-rle: folder of per-image JSON files. pcnet: PCNet's SAM_Mask (or "
+                   "SOLO_Mask) folder, or its SAM_out subfolder.")
 @click.option("--format", "file_format", type=click.Choice(["sam-rle", "pcnet"]), required=True)
 @click.option("--generator", type=click.Choice(["sam", "freesolo"]), default="sam",
               show_default=True, help="Which PCNet proposals (--format pcnet).")
+@click.option("--candidates", type=click.Path(dir_okay=False), default=None,
+              help="pcnet: PCNet's <splitBy>_candidate_2_4_6_8.npy (default: the one beside "
+                   "SAM_out/, when present).")
 @click.option("--max-proposals", type=int, default=40, show_default=True)
 @min_area_option
 def import_command(split: str, data_root: str | None, source: str, file_format: str,
-                   generator: str, max_proposals: int, min_area: float | None) -> None:
+                   generator: str, candidates: str | None, max_proposals: int,
+                   min_area: float | None) -> None:
     """Import proposals computed elsewhere (SAM RLE JSON, or PCNet's published files)."""
     from refbench.proposals import import_pcnet_proposals, import_sam_rle_folder
 
     dataset = _open_dataset(split, data_root)
     if file_format == "sam-rle":
+        if candidates is not None:
+            raise ConfigError("--candidates is only read with --format pcnet")
         store = import_sam_rle_folder(source, dataset, max_proposals=max_proposals,
                                       min_area=_min_area(dataset, min_area), progress=True)
     else:
         store = import_pcnet_proposals(source, dataset, generator=generator,
-                                       max_proposals=max_proposals, progress=True)
+                                       max_proposals=max_proposals, progress=True,
+                                       candidates=candidates)
     click.echo(f"store {store.backend_name}")
+    if file_format == "pcnet":
+        used = store.config.get("candidates")
+        if used:
+            click.echo(f"clip scores and candidate flags of {len(store.scored_ref_ids())} refs "
+                       f"from {used}")
+        else:
+            click.echo("no candidate file found: masks imported without clip scores")
     _report(store)
 
 

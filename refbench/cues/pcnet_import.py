@@ -1,12 +1,17 @@
 """Import the phrase files published with PCNet's code into the cue cache.
 
 Format, as read by the released loader (github.com/zaiquanyang/Boosting_WRIS,
-``dataset/ReferDataset.py`` and ``dataset/llm_ali_qianwen.py``): one folder per data set (the
-authors used ``refer/<dataset>/Mistral_7B_Ref_Sents``) holding ``<ref_id>.json`` per referred
-object, each a JSON object mapping a sentence id (a string) to its list of phrases, e.g.
-``{"12345": ["a woman", "the woman in white shirt", ...]}``. The released loader keeps the
-first five phrases; their generator padded missing ones with the full sentence. For RefCOCOg
-(umd) the authors named files by the google-split ref id; pass `ref_id_map` to translate.
+``dataset/ReferDataset.py``, ``llm_out``): one folder per data set
+(``refer/<dataset>/Mistral_7B_Ref_Sents``) holding ``<ref_id>.json`` per referred object, a
+JSON object {sentence id string: [5 phrases]}. The loader pairs the file's i-th entry (in file
+order) with the ref's i-th sentence: by position, not by the sentence-id key, so this importer
+does the same. Their generator wrote exactly five phrases per sentence (the full sentence
+filling missing ones); a file with another count, or with another number of entries than the
+ref has sentences, is refused. For RefCOCOg (umd) the files are named by the google-split ref
+id: ``refer/refcocog/umd_2_google_ref.npy`` maps umd ref ids to them (`find_ref_id_map`).
+
+Imported phrases are stored per expression, keyed by (ref id, sentence id): two refs with the
+same sentence keep their own phrases.
 """
 
 from __future__ import annotations
@@ -18,84 +23,102 @@ from typing import Any
 
 from refbench.cues.base import CueResult
 from refbench.cues.store import CueStore
+from refbench.data.pcnet_files import REF_ID_MAP_FILE, load_ref_id_map
 from refbench.errors import DataError
 from refbench.io import append_jsonl, exclusive_lock
 
 IMPORT_BACKEND = "pcnet-import"
-IMPORT_CONFIG = {"backend": IMPORT_BACKEND, "source": "pcnet-released-phrases", "version": 1}
+IMPORT_CONFIG = {"backend": IMPORT_BACKEND, "source": "pcnet-released-phrases", "version": 2}
+NUM_PHRASES = 5  # K in PCNet Sec. 3.1; every released file holds five per sentence
 
 
-def _read_phrase_file(path: Path) -> dict[str, list[str]]:
+def find_ref_id_map(dataset: Any) -> Path | None:
+    """``<data set folder>/umd_2_google_ref.npy`` for a refcocog-umd split when it exists."""
+    info = dataset.info
+    refs_path = getattr(dataset, "refs_path", None)
+    if (info.dataset, info.split_by) != ("refcocog", "umd") or refs_path is None:
+        return None
+    path = Path(refs_path).parent / REF_ID_MAP_FILE
+    return path if path.is_file() else None
+
+
+def _read_phrase_file(path: Path, sentences: int) -> list[list[str]]:
+    """The phrase lists of one file in file order, checked against the ref's sentence count."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"PCNet phrase file {path} is not readable JSON ({error})") from None
+        raise DataError(f"PCNet phrase file {path} is not readable JSON ({error}); replace it "
+                        "with the released file") from None
     if not isinstance(data, dict) or not all(
-        isinstance(v, list) and v and all(isinstance(p, str) and p.strip() for p in v)
+        isinstance(v, list) and all(isinstance(p, str) and p.strip() for p in v)
         for v in data.values()
     ):
+        raise DataError(f"PCNet phrase file {path} must map sentence ids to lists of non-empty "
+                        "phrases; replace it with the released file")
+    if len(data) != sentences:
         raise DataError(
-            f"PCNet phrase file {path} must map sentence ids to non-empty lists of phrases"
+            f"PCNet phrase file {path} has {len(data)} entries but its ref has {sentences} "
+            "sentences; entries pair with sentences by position, so it needs one per sentence "
+            "(is it another ref's file? refcocog-umd needs --ref-id-map umd_2_google_ref.npy)"
         )
-    return data
+    for key, phrases in data.items():
+        if len(phrases) != NUM_PHRASES:
+            raise DataError(
+                f"PCNet phrase file {path}: entry {key!r} has {len(phrases)} phrases, not "
+                f"{NUM_PHRASES}; regenerate it with {NUM_PHRASES} (PCNet's generator fills "
+                "missing ones with the full sentence)"
+            )
+    return [[p.strip() for p in phrases] for phrases in data.values()]
 
 
 def import_pcnet_phrases(
     folder: str | Path,
     dataset: Any,
     cache_dir: str | Path | None = None,
-    ref_id_map: Mapping[int, int] | None = None,
+    ref_id_map: Mapping[int, int] | str | Path | None = None,
 ) -> int:
     """Write the phrases of every expression of `dataset` from PCNet's files into the cache.
 
-    Every ref of the split needs its ``<ref_id>.json`` and every sentence its entry; otherwise
-    nothing is written and a `DataError` lists what is missing. Files for refs outside the split
-    are ignored (one folder serves all splits). Returns the number of expressions imported.
+    `ref_id_map` ({ref id: file id}, or the path of ``umd_2_google_ref.npy``) names the file of
+    each ref. Every ref of the split needs its file, with one five-phrase entry per sentence;
+    otherwise nothing is written and a one-line `DataError` says what is wrong. Files of refs
+    outside the split are ignored. Returns the number of expressions imported.
     """
     folder = Path(folder)
     split = getattr(dataset.info, "id", "?")
     if not folder.is_dir():
         raise DataError(f"PCNet phrase folder {folder} does not exist; pass the folder of "
-                        "<ref_id>.json files with --from")
-    expressions = dataset.expressions("all")
+                        "<ref_id>.json files (Mistral_7B_Ref_Sents) with --from")
+    map_path = None
+    if isinstance(ref_id_map, (str, Path)):
+        map_path = Path(ref_id_map)
+        ref_id_map = load_ref_id_map(map_path)
     by_ref: dict[int, list[Any]] = {}
-    for expression in expressions:
+    for expression in dataset.expressions("all"):
         by_ref.setdefault(expression.ref_id, []).append(expression)
 
     missing_files: list[str] = []
-    missing_sentences: list[str] = []
     results: list[tuple[Any, CueResult]] = []
     for ref_id, ref_expressions in by_ref.items():
-        file_id = ref_id_map.get(ref_id, ref_id) if ref_id_map else ref_id
+        file_id = ref_id
+        if ref_id_map is not None:
+            if ref_id not in ref_id_map:
+                raise DataError(f"ref id map {map_path or ''} has no entry for ref {ref_id} of "
+                                f"{split}; is it the map of this data set?")
+            file_id = ref_id_map[ref_id]
         path = folder / f"{file_id}.json"
         if not path.is_file():
             missing_files.append(path.name)
             continue
-        phrases = _read_phrase_file(path)
-        for expression in ref_expressions:
-            found = phrases.get(str(expression.sent_id))
-            if found is None:
-                known = ", ".join(sorted(phrases)) or "none"
-                missing_sentences.append(
-                    f"{path.name} has no sentence {expression.sent_id} (it has {known})"
-                )
-                continue
-            results.append((expression, CueResult(tuple(p.strip() for p in found))))
-    if missing_files or missing_sentences:
-        problems = []
-        if missing_files:
-            problems.append(
-                f"{len(missing_files)} of {len(by_ref)} refs have no file "
-                f"(e.g. {', '.join(missing_files[:5])})"
-            )
-        if missing_sentences:
-            problems.append(
-                f"{len(missing_sentences)} sentences are missing "
-                f"(e.g. {'; '.join(missing_sentences[:3])})"
-            )
+        for expression, phrases in zip(ref_expressions,
+                                       _read_phrase_file(path, len(ref_expressions))):
+            results.append((expression, CueResult(tuple(phrases))))
+    if missing_files:
+        hint = ("; refcocog-umd files are named by google ref ids: pass --ref-id-map "
+                "umd_2_google_ref.npy" if ref_id_map is None else "")
         raise DataError(
-            f"PCNet phrases in {folder} do not match split {split}: {'; '.join(problems)}. "
-            "Is this the folder for this data set (and, for refcocog-umd, a ref id map)?"
+            f"PCNet phrases in {folder} do not match split {split}: {len(missing_files)} of "
+            f"{len(by_ref)} refs have no file (e.g. {', '.join(missing_files[:5])}){hint}"
         )
 
     store = CueStore.for_backend(dataset, IMPORT_BACKEND, IMPORT_CONFIG, cache_dir)
@@ -103,9 +126,10 @@ def import_pcnet_phrases(
         store.load()
         new = []
         for expression, result in results:
-            if store.hash(expression.text) in store.records:
+            record = store.expression_record(expression, result)
+            old = store.records.get(record["hash"])
+            if old is not None and old.get("cues") == record["cues"]:
                 continue
-            record = store.record(expression.key, expression.text, result)
             store.records[record["hash"]] = record
             new.append(record)
         with store.open_for_append() as handle:

@@ -1,14 +1,25 @@
 """The on-disk cue cache: one JSON-lines file per data set and backend config, appended as work
 finishes, so an interrupted build resumes where it stopped.
 
-Layout: ``cache_root()/cues/<dataset>-<split_by>/<backend>-<confighash>.jsonl`` with one line per
-distinct sentence: ``{"hash", "key", "text", "cues", "fallback"}`` where ``hash`` is SHA-256 of
-the sentence and the backend config. Beside it, ``<backend>-<confighash>.config.json`` records
-the config (never a secret) for people reading the cache.
+Layout: ``cache_root()/cues/<dataset>-<split_by>-<refs id>/<backend>-<confighash>.jsonl``
+where ``<refs id>`` is 12 hex digits of the SHA-256 of the refs file (`refbench.data.identity`):
+cues built from another refs file under the same data-set name are another folder, never read.
+Each line is ``{"hash", "key", "text", "cues", "fallback"}``. Backends whose phrases depend
+only on the text (heuristic, llm, template) write one line per distinct sentence with ``hash``
+= SHA-256 of the sentence and the backend config. Imported phrases belong to one expression
+(two refs may share a sentence but not its phrases): their lines also hold ``ref_id`` and
+``sent_id``, and ``hash`` is SHA-256 of those ids and the config. A lookup prefers the
+expression's own line and falls back to the text's. Beside each file,
+``<backend>-<confighash>.config.json`` records the config (never a secret).
+
+Caches written before this keying (``<dataset>-<split_by>`` without the id): ``heuristic`` and
+``llm`` files are copied forward on first use (their lines depend only on text and config);
+the others are built or imported again.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,9 +28,11 @@ from typing import Any
 
 from refbench.cues.base import CueBackend, CueResult, config_hash, sentence_hash
 from refbench.cues.padding import pad_cues
+from refbench.data.identity import data_key, name_key
 from refbench.errors import ConfigError, DataError, RefbenchError
 from refbench.io import (
     append_jsonl,
+    atomic_write_bytes,
     atomic_write_json,
     cache_root,
     ensure_dir,
@@ -32,11 +45,44 @@ FLUSH_EVERY = 256  # records per fsync for fast backends
 FLUSH_SECONDS = 0.5  # and never hold a finished record longer than this
 
 
+TEXT_ONLY_BACKENDS = ("heuristic", "llm")  # legacy caches of these are valid for any data
+
+
+def _base(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else cache_root() / "cues"
+
+
 def dataset_folder(dataset: Any, cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/cues/<dataset>-<split_by>``: all splits of a data set share their cues."""
-    info = dataset.info
-    base = Path(cache_dir) if cache_dir is not None else cache_root() / "cues"
-    return base / f"{info.dataset}-{info.split_by}"
+    """``<cache>/cues/<dataset>-<split_by>-<refs id>``: all splits of one refs file share their
+    cues; another refs file under the same name gets another folder."""
+    return _base(cache_dir) / data_key(dataset, images=False)
+
+
+def _adopt_legacy(dataset: Any, backend_name: str, cache_dir: str | Path | None) -> None:
+    """Copy a text-keyed backend's files from the pre-identity folder into the data's folder."""
+    if backend_name not in TEXT_ONLY_BACKENDS:
+        return
+    legacy = _base(cache_dir) / name_key(dataset)
+    if not legacy.is_dir():
+        return
+    folder = dataset_folder(dataset, cache_dir)
+    for path in legacy.glob(f"{backend_name}-*.jsonl"):
+        config = path.with_name(path.stem + ".config.json")
+        if (folder / path.name).exists() or not config.is_file():
+            continue
+        ensure_dir(folder, "cue cache folder")
+        atomic_write_bytes(folder / config.name, config.read_bytes())
+        atomic_write_bytes(folder / path.name, path.read_bytes())
+
+
+def _other_data(dataset: Any, backend_name: str, cache_dir: str | Path | None) -> list[Path]:
+    """Cue files of `backend_name` under this data set's name built from another refs file."""
+    base, name, own = _base(cache_dir), name_key(dataset), dataset_folder(dataset, cache_dir)
+    if not base.is_dir():
+        return []
+    folders = [p for p in base.iterdir() if p.is_dir() and p != own
+               and (p.name == name or re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}", p.name))]
+    return [f for folder in sorted(folders) for f in sorted(folder.glob(f"{backend_name}-*.jsonl"))]
 
 
 class CueStore:
@@ -63,6 +109,15 @@ class CueStore:
     def hash(self, text: str) -> str:
         """The cache key of `text` under this store's config."""
         return sentence_hash(text, self.config)
+
+    def expression_hash(self, ref_id: int, sent_id: int) -> str:
+        """The cache key of one expression's own phrases (imported ones) under this config."""
+        return sentence_hash(f"\x00ref {int(ref_id)} sent {int(sent_id)}", self.config)
+
+    def lookup(self, expression: Any) -> dict[str, Any] | None:
+        """The record for `expression`: its own (ref id, sentence id) line, else its text's."""
+        record = self.records.get(self.expression_hash(expression.ref_id, expression.sent_id))
+        return record if record is not None else self.records.get(self.hash(expression.text))
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Read every finished record (a torn last line is ignored); corrupt lines are errors."""
@@ -97,11 +152,23 @@ class CueStore:
         return open(self.path, "a", encoding="utf-8")
 
     def record(self, key: str, text: str, result: CueResult) -> dict[str, Any]:
-        """The cache line for one finished sentence."""
+        """The cache line for one finished sentence (any expression with this text)."""
         return {
             "hash": self.hash(text),
             "key": key,
             "text": text,
+            "cues": list(result.phrases),
+            "fallback": bool(result.fallback),
+        }
+
+    def expression_record(self, expression: Any, result: CueResult) -> dict[str, Any]:
+        """The cache line for one expression's own phrases, keyed by (ref id, sentence id)."""
+        return {
+            "hash": self.expression_hash(expression.ref_id, expression.sent_id),
+            "key": expression.key,
+            "ref_id": int(expression.ref_id),
+            "sent_id": int(expression.sent_id),
+            "text": expression.text,
             "cues": list(result.phrases),
             "fallback": bool(result.fallback),
         }
@@ -128,7 +195,7 @@ def _keys_by_text(expressions: Sequence[Any]) -> dict[str, list[str]]:
 def _padded(store: CueStore, expressions: Iterable[Any], k: int) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     for expression in expressions:
-        record = store.records.get(store.hash(expression.text))
+        record = store.lookup(expression)
         if record is not None:
             out[expression.key] = pad_cues(record["cues"], k)
     return out
@@ -143,6 +210,7 @@ def build_cues_with_stats(
 ) -> tuple[dict[str, tuple[str, ...]], BuildStats]:
     """`build_cues`, also saying how many came from the cache, were built or fell back."""
     expressions = dataset.expressions("all")
+    _adopt_legacy(dataset, backend.name, cache_dir)
     store = CueStore.for_backend(dataset, backend.name, backend.config(), cache_dir)
     stats = BuildStats(total=len(expressions), path=store.path)
     with exclusive_lock(store.lock_path, f"cue cache {store.path}"):
@@ -250,10 +318,18 @@ def load_cues(
         if backend_name == "pcnet-import"
         else f"refbench cues build --split {split} --backend {backend_name}"
     )
+    _adopt_legacy(dataset, backend_name, cache_dir)
     files = sorted(
         folder.glob(f"{backend_name}-*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True
     )
     if not files:
+        others = _other_data(dataset, backend_name, cache_dir)
+        if others:
+            raise DataError(
+                f"no {backend_name} cues for {split} built from this refs file ({folder}); "
+                f"{', '.join(str(p) for p in others[:3])} were built from other data under the "
+                f"same name and are not used; build them with `{command}`"
+            )
         raise DataError(
             f"no {backend_name} cues for {split} in {folder}; build them with `{command}`"
         )

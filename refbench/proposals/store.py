@@ -1,15 +1,30 @@
 """The on-disk proposal cache: per image, up to P masks as COCO RLE at the original image size.
 
-Layout: ``cache_root()/proposals/<dataset>-<split_by>/<backend>-<confighash>/`` holding
-``config.json`` (the backend config, written atomically) and ``proposals.jsonl`` (append-only,
-one record ``{height, image_id, rles, width}`` per image). An in-memory index of byte offsets
-gives random access by image id; a torn last line (a crash mid-write) is dropped and
-overwritten by the next build, a corrupt record elsewhere is a `DataError`.
+Layout: ``cache_root()/proposals/<dataset>-<split_by>-<data id>/<backend>-<confighash>/``
+holding ``config.json`` (the backend config and the data identity, written atomically) and
+``proposals.jsonl`` (append-only, one record ``{height, image_id, rles, width}`` per image).
+An in-memory index of byte offsets gives random access by image id; a torn last line (a crash
+mid-write) is dropped and overwritten by the next build, a corrupt record elsewhere is a
+`DataError`.
+
+``<data id>`` is 12 hex digits of the SHA-256 of the refs file and the image table
+(`refbench.data.identity`): a store built from other data with the same data-set name is a
+different folder and is never read. Stores written before this keying (``<dataset>-<split_by>``
+without the id) are not read (what they were built from is unknown); build or import again.
+
+Per-sentence proposal scores (PCNet's imported SAM masks carry them): ``sentence_scores.npz``
+beside the records, with ``ref_ids`` int64 [R], ``num_sentences`` int64 [R], ``clip_score``
+float32 [N, P] and ``candidate`` bool [N, P] (N = the summed sentence counts, rows in ref
+order, then sentence order within the ref). Read them with `ProposalStore.clip_scores(ref_id)`
+-> float32 [n_sentences, P] and `ProposalStore.candidates(ref_id)` -> bool [n_sentences, P]:
+row s is the ref's s-th sentence (its position in the refs file), column p is mask p of
+`ProposalStore.load(image_id)`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -20,9 +35,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from refbench.data.identity import data_identity, data_key, name_key
 from refbench.errors import ConfigError, DataError
 from refbench.io import (
     append_jsonl,
+    atomic_write_bytes,
     atomic_write_json,
     cache_root,
     ensure_dir,
@@ -34,6 +51,7 @@ from refbench.proposals.rle import decode_resized_columns
 
 RECORDS_FILE = "proposals.jsonl"
 CONFIG_FILE = "config.json"
+SCORES_FILE = "sentence_scores.npz"
 _IMAGE_ID = re.compile(rb'"image_id":\s*("(?:[^"\\]|\\.)*"|-?\d+)')
 
 
@@ -48,8 +66,9 @@ class Dataset(Protocol):
 
 
 def dataset_key(dataset: Any) -> str:
-    """``<dataset>-<split_by>``: splits of one refs file share their images and proposals."""
-    return f"{dataset.info.dataset}-{dataset.info.split_by}"
+    """``<dataset>-<split_by>-<data id>``: splits of one refs file and image set share their
+    proposals; other data under the same name gets another folder."""
+    return data_key(dataset, images=True)
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -59,8 +78,15 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def build_command(dataset: Any, backend_name: str) -> str:
-    """The command that builds a dataset's proposals, for error messages."""
-    split_id = getattr(dataset.info, "id", None) or f"<{dataset_key(dataset)} split>"
+    """The command that builds (or imports) a dataset's proposals, for error messages."""
+    split_id = getattr(dataset.info, "id", None) or f"<{name_key(dataset)} split>"
+    if backend_name.startswith("pcnet-"):
+        generator = backend_name[len("pcnet-"):]
+        folder = "SOLO_Mask" if generator == "freesolo" else "SAM_Mask"
+        return (f"refbench proposals import --split {split_id} --format pcnet --generator "
+                f"{generator} --from <refer/{dataset.info.dataset}/{folder}>")
+    if backend_name == "sam-rle":
+        return f"refbench proposals import --split {split_id} --format sam-rle --from <folder>"
     return f"refbench proposals build --split {split_id} --backend {backend_name}"
 
 
@@ -77,6 +103,7 @@ class ProposalStore:
         if "max_proposals" not in config:
             raise ConfigError("a proposal config needs 'max_proposals' (PCNet uses 40)")
         self.dataset_key = dataset_key(dataset)
+        self.data_identity = data_identity(dataset, images=True)
         self.backend_name = backend_name
         self.config = dict(config)
         self.max_proposals = int(config["max_proposals"])
@@ -88,6 +115,7 @@ class ProposalStore:
         self._valid_bytes = 0
         self._index_state: tuple[int, int] | None = None
         self._handle = None
+        self._scores_cache: tuple[tuple[int, int], dict] | None = None
 
     # ----------------------------------------------------------------- index
     def _refresh(self) -> None:
@@ -196,11 +224,98 @@ class ProposalStore:
         out[: len(masks)] = masks
         return torch.from_numpy(out).transpose(1, 2)
 
+    # ------------------------------------------------------ per-sentence scores
+    @property
+    def scores_path(self) -> Path:
+        """``sentence_scores.npz`` in the store folder (see the module docstring)."""
+        return self.folder / SCORES_FILE
+
+    def has_sentence_scores(self) -> bool:
+        """Whether this store holds per-sentence proposal scores (PCNet's imports do)."""
+        return self.scores_path.is_file()
+
+    def _sentence_scores(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """ref id -> (clip_score float32 [S, P], candidate bool [S, P]), re-read when changed."""
+        try:
+            stat = self.scores_path.stat()
+        except FileNotFoundError:
+            raise DataError(
+                f"the {self.backend_name} proposals in {self.folder} have no per-sentence clip "
+                f"scores; import PCNet's SAM masks with their candidate file: `{self._build_hint}`"
+            ) from None
+        state = (stat.st_size, stat.st_mtime_ns)
+        cached = self._scores_cache
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        try:
+            with np.load(self.scores_path, allow_pickle=False) as data:
+                ref_ids, counts = data["ref_ids"], data["num_sentences"]
+                clip, flags = data["clip_score"], data["candidate"]
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            if clip.shape != flags.shape or clip.shape[0] != offsets[-1]:
+                raise ValueError("array shapes disagree")
+        except (OSError, KeyError, ValueError) as error:
+            raise DataError(f"{self.scores_path} is not a sentence-score file ({error}); delete "
+                            f"it and rerun `{self._build_hint}`") from None
+        table = {int(r): (clip[offsets[i]:offsets[i + 1]], flags[offsets[i]:offsets[i + 1]])
+                 for i, r in enumerate(ref_ids)}
+        self._scores_cache = (state, table)
+        return table
+
+    def _ref_scores(self, ref_id: int) -> tuple[np.ndarray, np.ndarray]:
+        table = self._sentence_scores()
+        if int(ref_id) not in table:
+            raise DataError(f"ref {ref_id} has no sentence scores in {self.scores_path}; import "
+                            f"its split: `{self._build_hint}`")
+        return table[int(ref_id)]
+
+    def scored_ref_ids(self) -> set[int]:
+        """Ids of the refs whose per-sentence scores are stored."""
+        return set(self._sentence_scores())
+
+    def clip_scores(self, ref_id: int) -> torch.Tensor:
+        """float32 [n_sentences, P]: row s scores every mask p of `load` for the ref's s-th
+        sentence (PCNet's ``clip_score``; its trainer takes the argmax as the target)."""
+        return torch.from_numpy(np.array(self._ref_scores(ref_id)[0], dtype=np.float32))
+
+    def candidates(self, ref_id: int) -> torch.Tensor:
+        """bool [n_sentences, P]: PCNet's ``candidate_2`` flags, per sentence and mask."""
+        return torch.from_numpy(np.array(self._ref_scores(ref_id)[1], dtype=bool))
+
+    def write_sentence_scores(
+        self, scores: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Store {ref id: (clip_score [S, P], candidate [S, P])}, replacing those refs' rows and
+        keeping the others (splits of one refs file share a store); written atomically."""
+        table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if self.has_sentence_scores():
+            table.update(self._sentence_scores())
+        for ref_id, (clip, flags) in scores.items():
+            clip = np.asarray(clip, dtype=np.float32)
+            flags = np.asarray(flags) != 0
+            if clip.ndim != 2 or clip.shape != flags.shape or clip.shape[1] != self.max_proposals:
+                raise ValueError(f"ref {ref_id}: scores of shape {clip.shape} and {flags.shape}; "
+                                 f"expected [n_sentences, {self.max_proposals}] twice")
+            table[int(ref_id)] = (clip, flags)
+        ids = sorted(table)
+        empty = np.zeros((0, self.max_proposals))
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            ref_ids=np.asarray(ids, dtype=np.int64),
+            num_sentences=np.asarray([len(table[r][0]) for r in ids], dtype=np.int64),
+            clip_score=np.concatenate([table[r][0] for r in ids] or [empty]).astype(np.float32),
+            candidate=np.concatenate([table[r][1] for r in ids] or [empty]).astype(bool),
+        )
+        self._prepare()
+        atomic_write_bytes(self.scores_path, buffer.getvalue())
+
     # ----------------------------------------------------------------- write
     def _prepare(self) -> None:
         ensure_dir(self.folder, "proposal cache folder")
         config_path = self.folder / CONFIG_FILE
-        wanted = {"backend": self.backend_name, "dataset": self.dataset_key, "config": self.config}
+        wanted = {"backend": self.backend_name, "dataset": self.dataset_key,
+                  "data": self.data_identity, "config": self.config}
         if config_path.exists():
             if read_json(config_path, "proposal config") != json.loads(json.dumps(wanted, default=str)):
                 raise DataError(
@@ -281,9 +396,7 @@ class _progress:
             self._bar.__exit__(*exc)
 
 
-def find_stores(dataset: Any, backend_name: str, root: str | Path | None = None) -> list[Path]:
-    """Folders of the stores of `backend_name` built for `dataset`'s refs file."""
-    base = (Path(root) if root is not None else cache_root() / "proposals") / dataset_key(dataset)
+def _stores_in(base: Path, backend_name: str) -> list[Path]:
     if not base.is_dir():
         return []
     prefix = f"{backend_name}-"
@@ -291,6 +404,27 @@ def find_stores(dataset: Any, backend_name: str, root: str | Path | None = None)
                   if p.is_dir() and p.name.startswith(prefix)
                   and re.fullmatch(r"[0-9a-f]{10}", p.name[len(prefix):])
                   and (p / CONFIG_FILE).is_file())
+
+
+def find_stores(dataset: Any, backend_name: str, root: str | Path | None = None) -> list[Path]:
+    """Folders of the stores of `backend_name` built from `dataset`'s refs file and images."""
+    base = Path(root) if root is not None else cache_root() / "proposals"
+    return _stores_in(base / dataset_key(dataset), backend_name)
+
+
+def stores_of_other_data(
+    dataset: Any, backend_name: str, root: str | Path | None = None
+) -> list[Path]:
+    """Stores of `backend_name` under `dataset`'s name but built from other data (another refs
+    file or image set, or written before caches were keyed by data); never read."""
+    base = Path(root) if root is not None else cache_root() / "proposals"
+    if not base.is_dir():
+        return []
+    name, own = name_key(dataset), dataset_key(dataset)
+    folders = [p for p in base.iterdir()
+               if p.is_dir() and p.name != own
+               and (p.name == name or re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}", p.name))]
+    return [store for folder in sorted(folders) for store in _stores_in(folder, backend_name)]
 
 
 def open_store(folder: Path, dataset: Any) -> ProposalStore:
@@ -338,6 +472,13 @@ def load_proposals(
     else:
         folders = find_stores(dataset, backend_name, root)
         if not folders:
+            others = stores_of_other_data(dataset, backend_name, root)
+            if others:
+                raise DataError(
+                    f"no {backend_name} proposals built from this data ({dataset_key(dataset)}); "
+                    f"the {backend_name} proposals in {', '.join(str(p) for p in others[:3])} "
+                    f"were built from other data under the same name (another refs file or image "
+                    f"set) and are not used; run `{hint}`")
             raise DataError(f"no {backend_name} proposals for {dataset_key(dataset)}; run `{hint}`")
         if len(folders) > 1:
             default = _default_folder(dataset, backend_name, root)
