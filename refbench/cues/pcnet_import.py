@@ -80,7 +80,7 @@ def import_pcnet_phrases(
     """Write the phrases of every expression of `dataset` from PCNet's files into the cache.
 
     `ref_id_map` ({ref id: file id}, or the path of ``umd_2_google_ref.npy``) names the file of
-    each ref. Every ref of the split needs its file, with one five-phrase entry per sentence;
+    each ref; refcocog-umd needs one, by default `find_ref_id_map`'s (as the released loader). Every ref of the split needs its file, with one five-phrase entry per sentence;
     otherwise nothing is written and a one-line `DataError` says what is wrong. Files of refs
     outside the split are ignored. Returns the number of expressions imported.
     """
@@ -90,6 +90,14 @@ def import_pcnet_phrases(
         raise DataError(f"PCNet phrase folder {folder} does not exist; pass the folder of "
                         "<ref_id>.json files (Mistral_7B_Ref_Sents) with --from")
     map_path = None
+    if ref_id_map is None and (dataset.info.dataset, dataset.info.split_by) == ("refcocog", "umd"):
+        ref_id_map = find_ref_id_map(dataset)
+        if ref_id_map is None:
+            raise DataError(
+                f"PCNet's refcocog-umd phrase files are named by google ref ids (a file named "
+                f"by a umd ref id belongs to another ref); pass --ref-id-map with PCNet's "
+                f"{REF_ID_MAP_FILE}, or put it in the data set folder"
+            )
     if isinstance(ref_id_map, (str, Path)):
         map_path = Path(ref_id_map)
         ref_id_map = load_ref_id_map(map_path)
