@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from refbench_tris.calibration import (
+from refbench.nn.calibration import (
     foreground_images,
     negative_calibration_loss,
     positive_calibration_loss,

@@ -5,7 +5,7 @@ github.com/fawnliu/TRIS). The CLIP RN50 C5 map is projected by a 1x1 convolution
 embedding by a linear layer to 1024-d; the response is a temperature times their cosine,
 upsampled to the input size (ReLU at inference). Training uses L_cls with TRIS's pooling over
 the batch's positive sentences and the two calibration losses of a second, frozen CLIP (see
-`refbench_tris.calibration`).
+`refbench.nn.calibration`).
 
 Two variants (config ``variant``), described point by point in docs/models.md:
 - ``"refbench"`` (default): refbench's reading, with its presets and options;
@@ -53,7 +53,7 @@ from refbench.nn import (
 )
 from refbench.nn.backbone import read_clip_state_dict
 from refbench.nn.bilateral import OFFICIAL_NAMES
-from refbench_tris.calibration import (
+from refbench.nn.calibration import (
     foreground_images,
     negative_calibration_loss,
     positive_calibration_loss,

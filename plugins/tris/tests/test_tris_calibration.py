@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from refbench_tris.calibration import (
+from refbench_tris.model import negative_sentences
+
+from refbench.api import Batch, Expression
+from refbench.nn.calibration import (
     foreground_images,
     negative_calibration_loss,
     positive_calibration_loss,
 )
-from refbench_tris.model import negative_sentences
-
-from refbench.api import Batch, Expression
 
 
 def test_positive_calibration_is_minus_log_cosine_by_hand() -> None:

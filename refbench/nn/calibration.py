@@ -1,19 +1,21 @@
-"""TRIS's calibration losses: a frozen CLIP scores the foreground the response map keeps.
+"""Calibration losses of TRIS and PCNet: a frozen CLIP scores the foreground a map keeps.
 
-In TRIS's released training script (fawnliu/TRIS, ``train_stage1.py``) the response map of
-each image for its own sentence is upsampled to the input size, passed through a sigmoid,
-resized with the image to the calibration CLIP's input size (224 for ViT-B/32) and multiplied
-into the normalised image. A second CLIP, frozen, embeds that foreground; two losses follow
-(the script's ``l1``, weight ``w1 = 1``, and ``l5`` or "cbs", weight ``w5 = 2``):
+In TRIS's released training script (fawnliu/TRIS, ``train_stage1.py``) and PCNet's
+(zaiquanyang/Boosting_WRIS, ``model_prog_v5.TRIS.cbs_loss``), which share this code path,
+the response map of each image for its own sentence is upsampled to the input size, passed
+through a sigmoid, resized with the image to the calibration CLIP's input size (224 for
+ViT-B/32) and multiplied into the normalised image. A second CLIP, frozen, embeds that
+foreground; two losses follow (TRIS's ``l1``, weight ``w1 = 1``, and ``l5`` or "cbs",
+weight ``w5 = 2``; PCNet's positive term is off unless ``--clip_fg``):
 
 - positive: ``mean_i -log clamp(cos(f_i, t_i), 1e-4, 0.9999)``, the foreground should match
   its own sentence;
 - negative: ``mean_i mean_k -log(1 - cos(f_i, n_ik))``, it should not match sentences about
-  other objects of the same image (scripts/train_stage1.sh draws 3, with replacement; when
-  the image has no other object they are sentences of other images).
+  other objects of the same image (TRIS's scripts/train_stage1.sh draws 3, with replacement;
+  when the image has no other object they are sentences of other images).
 
 The clamps are arguments: the released code's are above (the negative term unclamped), the
-refbench variant's defaults clamp both at 1e-6 from below only.
+TRIS refbench variant's defaults clamp both at 1e-6 from below only.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from torch import Tensor
 CALIBRATION_EPS = 1e-6
 
 
-def foreground_images(maps: Tensor, images: Tensor, size: int) -> Tensor:
+def foreground_images(
+    maps: Tensor, images: Tensor, size: int, background: bool = False
+) -> Tensor:
     """TRIS's masked foreground at the calibration CLIP's input size.
 
     maps: [B, h, w] response of each image for its own sentence (temperature x cosine);
     images: [B, 3, S, S] normalised. Returns [B, 3, size, size]:
     resize(sigmoid(upsample_S(map))) * resize(image), bilinear as in TRIS (align_corners=False
-    to the input size, then align_corners=True to `size`).
+    to the input size, then align_corners=True to `size`). background: the complement
+    (1 - cam) * image instead, the input of PCNet's optional ``--clip_bg`` term.
     """
     if maps.ndim != 3 or images.ndim != 4 or maps.shape[0] != images.shape[0]:
         raise ValueError(
@@ -45,7 +50,7 @@ def foreground_images(maps: Tensor, images: Tensor, size: int) -> Tensor:
     if tuple(side) != (size, size):
         cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=True)
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
-    return cam * images
+    return (1 - cam) * images if background else cam * images
 
 
 def positive_calibration_loss(
