@@ -279,3 +279,16 @@ def test_with_the_real_reader_and_cli(tmp_path: Path, monkeypatch) -> None:
         "a guy", "a guy in white shirt", "a guy in white shirt holding a bat",
         "a guy in white shirt holding a bat", "a guy in white shirt holding a bat")
     assert main(["cues", "build", "--split", "refcoco-vall", "--data-root", str(root)]) == 2
+
+
+def test_caches_from_before_the_refs_id_keying(tmp_path: Path) -> None:
+    """Text-keyed heuristic lines of a pre-identity folder are carried over; imported phrases
+    (which belonged to expressions of unknown data) are not."""
+    data = FakeDataset(TEXTS)
+    built = build_cues(data, HeuristicBackend(), cache_dir=tmp_path, progress=False)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    folder.rename(tmp_path / "refcoco-unc")  # the layout before the refs id was in the name
+    (tmp_path / "refcoco-unc" / "pcnet-import-0123456789ab.jsonl").write_text("")
+    assert load_cues(data, "heuristic", cache_dir=tmp_path) == built
+    with pytest.raises(DataError, match="built from other data under the same name"):
+        load_cues(data, "pcnet-import", cache_dir=tmp_path)
