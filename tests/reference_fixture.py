@@ -97,12 +97,19 @@ def _image(image_id: int, width: int, height: int) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _file_name(image_id: int) -> str:
-    return f"COCO_train2014_{image_id:012d}.png"
+def _file_name(image_id: int, suffix: str = ".png") -> str:
+    return f"COCO_train2014_{image_id:012d}{suffix}"
 
 
-def write_reference_refer(root: str | Path) -> dict[str, Any]:
-    """Write the data set under `root` (refbench layout); returns {"root", "refs", "images"}."""
+def write_reference_refer(root: str | Path, image_format: str = "png") -> dict[str, Any]:
+    """Write the data set under `root` (refbench layout); returns {"root", "refs", "images"}.
+
+    ``image_format="jpg"`` writes the images as JPEG (quality 95) named ``.jpg``, as COCO's
+    are: PCNet's loader derives its mask file names from ``.jpg`` names.
+    """
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', not {image_format!r}")
+    suffix = f".{image_format}"
     root = Path(root)
     data = root / DATASET
     images_dir = root / "images" / "train2014"
@@ -110,8 +117,10 @@ def write_reference_refer(root: str | Path) -> dict[str, Any]:
     images_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for image_id, (width, height) in IMAGES.items():
-        Image.fromarray(_image(image_id, width, height)).save(images_dir / _file_name(image_id))
-        images.append({"id": image_id, "file_name": _file_name(image_id), "width": width,
+        name = _file_name(image_id, suffix)
+        save = {"quality": 95} if image_format == "jpg" else {}
+        Image.fromarray(_image(image_id, width, height)).save(images_dir / name, **save)
+        images.append({"id": image_id, "file_name": name, "width": width,
                        "height": height})
     annotations = []
     for ann_id, (image_id, category_id, polygons) in ANNOTATIONS.items():
@@ -136,7 +145,8 @@ def write_reference_refer(root: str | Path) -> dict[str, Any]:
             rows.append({"sent_id": sent_id, "sent": text, "raw": text, "tokens": text.split()})
         refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id,
                      "category_id": category_id, "split": split, "sentences": rows,
-                     "sent_ids": [r["sent_id"] for r in rows], "file_name": _file_name(image_id)})
+                     "sent_ids": [r["sent_id"] for r in rows],
+                     "file_name": _file_name(image_id, suffix)})
     with open(data / f"refs({SPLIT_BY}).p", "wb") as handle:
         pickle.dump(refs, handle, protocol=2)
     return {"root": root, "refs": refs, "images": images}
@@ -151,3 +161,107 @@ def official_layout(root: str | Path, dest: str | Path) -> Path:
         if not link.exists():
             os.symlink(target, link)
     return dest
+
+
+# --- PCNet's own files: LLM phrases and SAM masks, in the layout its released loader reads ---
+
+# umd ref id -> the google-split ref id its phrase file is named by (refcocog/umd_2_google_ref.npy)
+GOOGLE_REF_IDS: dict[int, int] = {ref_id: 7000 + 3 * ref_id for ref_id, *_ in REFS}
+# Refs whose phrase file lists its sentences in the reverse order of the refs file: the
+# released loader pairs phrases with sentences by position, not by the sentence-id keys.
+REVERSED_PHRASE_FILES = (13,)
+NUM_PHRASES = 5
+NUM_MASKS = 40
+CANDIDATE_FILE = f"{SPLIT_BY}_candidate_2_4_6_8.npy"
+
+
+def phrases_of(sentence: str, index: int) -> list[str]:
+    """Five deterministic phrases of a sentence (short spans of its words, then the sentence)."""
+    words = sentence.split()
+    spans = [" ".join(words[: 1 + k]) for k in range(NUM_PHRASES - 1)]
+    spans = [f"{span} ({index})" for span in spans]
+    return [*spans, sentence][:NUM_PHRASES]
+
+
+def _polygon_mask(width: int, height: int, polygons: list[list[tuple[float, float]]]) -> np.ndarray:
+    from PIL import ImageDraw
+
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        draw.polygon([(float(x), float(y)) for x, y in polygon], fill=1)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def sam_masks_of(image_id: int) -> np.ndarray:
+    """[40, H, W] uint8 masks of one image: its objects, random boxes, an empty mask at index 5
+    and empty padding from index 30 (the released files are zero-padded to 40)."""
+    width, height = IMAGES[image_id]
+    rng = np.random.default_rng(1000 + image_id)
+    masks = np.zeros((NUM_MASKS, height, width), dtype=np.uint8)
+    objects = [_polygon_mask(width, height, polys)
+               for ann_id, (img, _, polys) in ANNOTATIONS.items() if img == image_id]
+    k = 0
+    for index in range(30):
+        if index == 5:
+            continue  # an empty mask inside the list: indices after it must not shift
+        if k < len(objects) and index in (1, 3, 8):
+            masks[index] = objects[k]
+            k += 1
+            continue
+        x0, y0 = int(rng.integers(0, width - 4)), int(rng.integers(0, height - 4))
+        x1 = x0 + int(rng.integers(3, max(4, width - x0)))
+        y1 = y0 + int(rng.integers(3, max(4, height - y0)))
+        masks[index, y0:y1, x0:x1] = 1
+    return masks
+
+
+def write_pcnet_files(root: str | Path) -> dict[str, Any]:
+    """PCNet's phrase and SAM files for the data set `write_reference_refer(root, "jpg")` wrote.
+
+    Under ``<root>/refcocog/`` (``refer/refcocog/`` in PCNet's layout):
+    - ``Mistral_7B_Ref_Sents/<google ref id>.json``: {sent id: five phrases}, one per ref, and
+      ``<umd ref id>.json`` decoys with other phrases (the released loader opens both);
+    - ``umd_2_google_ref.npy``: the pickled {umd ref id: google ref id} dict;
+    - ``SAM_Mask/SAM_out/<image stem>.npy``: [40, H, W] uint8 masks per image;
+    - ``SAM_Mask/umd_candidate_2_4_6_8.npy``: the pickled {ref id: {"sam_mask_path",
+      "clip_score" [n_sentences, 40] float32, "candidate_2" [n_sentences, 40] float32}} dict.
+    Returns {"phrases": {(ref_id, sentence index): phrases}, "clip_scores": {ref_id: array}}.
+    """
+    data = Path(root) / DATASET
+    phrase_dir = data / "Mistral_7B_Ref_Sents"
+    sam_dir = data / "SAM_Mask"
+    (sam_dir / "SAM_out").mkdir(parents=True, exist_ok=True)
+    phrase_dir.mkdir(parents=True, exist_ok=True)
+    paired: dict[tuple[int, int], list[str]] = {}
+    candidates: dict[int, dict[str, Any]] = {}
+    sent_id = 900
+    for ref_id, ann_id, _, sentences in REFS:
+        image_id = ANNOTATIONS[ann_id][0]
+        entries = []
+        for index, text in enumerate(sentences):
+            sent_id += 1
+            entries.append((str(sent_id), phrases_of(text, index)))
+        ordered = entries[::-1] if ref_id in REVERSED_PHRASE_FILES else entries
+        for index, (_, phrases) in enumerate(ordered):
+            paired[(ref_id, index)] = phrases  # the released loader's pairing: by position
+        (phrase_dir / f"{GOOGLE_REF_IDS[ref_id]}.json").write_text(json.dumps(dict(ordered)))
+        # The released loader opens <umd ref id>.json too before it applies the map (in the
+        # real folder that name belongs to another google ref): a decoy with other phrases.
+        decoy = {key: [f"decoy {n} of {ref_id}" for n in range(NUM_PHRASES)]
+                 for key, _ in entries}
+        (phrase_dir / f"{ref_id}.json").write_text(json.dumps(decoy))
+        rng = np.random.default_rng(ref_id)
+        scores = rng.uniform(0.05, 0.35, size=(len(sentences), NUM_MASKS)).astype(np.float32)
+        stem = Path(_file_name(image_id)).stem
+        candidates[ref_id] = {
+            "sam_mask_path": f"/data/coco/refer/{DATASET}/SAM_Mask/SAM_out/{stem}.npy",
+            "clip_score": scores,
+            "candidate_2": (scores >= np.sort(scores, axis=1)[:, -2:-1]).astype(np.float32),
+        }
+    for image_id in IMAGES:
+        np.save(sam_dir / "SAM_out" / f"{Path(_file_name(image_id)).stem}.npy",
+                sam_masks_of(image_id))
+    np.save(sam_dir / CANDIDATE_FILE, candidates, allow_pickle=True)
+    np.save(data / "umd_2_google_ref.npy", GOOGLE_REF_IDS, allow_pickle=True)
+    return {"phrases": paired, "clip_scores": {r: c["clip_score"] for r, c in candidates.items()}}
