@@ -15,6 +15,7 @@ from refbench.errors import ConfigError
 MODULATIONS = ("ADD", "TTA", "VTA+ADD", "VTA+TTA")
 ALIGNMENTS = ("max", "avg")
 PRESETS = ("paper", "small")
+VARIANTS = ("paper", "official")
 CLS_LOSSES = ("bce", "infonce")
 NORMS = ("batch", "group", "layer")
 IAD_FORMS = ("paper", "exclusive")
@@ -23,6 +24,7 @@ TEXT_ENCODERS = ("clip", "words")
 # Keys that change the shapes of the weights: a checkpoint only fits the values it was trained
 # with, so `from_checkpoint` refuses overrides of these with a message naming the key.
 ARCHITECTURE_KEYS = (
+    "variant",
     "backbone",
     "small_backbone",
     "feature_stage",
@@ -38,6 +40,9 @@ ARCHITECTURE_KEYS = (
 # PCNet Sec. 4.1 and App. A.4: RN50 CLIP, 320 px, C = 1024, N = 3, P = 40, N_d = 1,
 # AdamW lr 5e-5, weight decay 1e-2, batch 36, 15 epochs, poly decay; L = L_cls + L_RaS + L_IaD.
 PAPER_CONFIG: dict[str, Any] = {
+    # "paper": the paper's equations (this file's keys); "official": the authors' released
+    # code, which reads their checkpoints as saved (refbench_pcnet.official, docs/models.md)
+    "variant": "paper",
     "preset": "paper",
     "backbone": "RN50",
     "backbone_weights": "openai",
@@ -88,6 +93,27 @@ PAPER_CONFIG: dict[str, Any] = {
     "map_smoothing": 0,
     "background_weight": 0.0,
     "input_size": 320,
+    # The official variant's keys (refbench_pcnet.official; unused by the paper variant):
+    # stages run (the released --K_Iters), the released update weights, CLIP tokens kept per
+    # text, the released code's batch > 1 behaviours, and whether logit_scale trains.
+    "k_iters": 1,
+    "attn_multi_text": 0.1,
+    "attn_multi_vis": 0.1,
+    "text_length": None,
+    "official_reshape": True,
+    "text_attention": "batch",
+    "train_temperature": True,
+    # The official variant's losses (train_prog.py: w1 fg, w2 shrink, w3 anchor, w4 = the
+    # official cls_weight, w5 cbs, div_loc diversify) and its frozen calibration CLIP.
+    "fg_weight": 1.0,
+    "shrink_weight": 0.0,
+    "anchor_weight": 0.0,
+    "cbs_weight": 2.0,
+    "diversify_weight": 0.0,
+    "clip_fg": False,
+    "clip_bg": False,
+    "calibration_clip": "ViT-B-32-quickgelu",
+    "calibration_clip_weights": "openai",
     # The training schedule (AdamW lr 5e-5, backbone x0.1, weight decay 1e-2, batch 36,
     # 15 epochs, poly 0.9, clipping 1.0) is the paper's and comes from TrainableModel.
 }
@@ -134,11 +160,27 @@ SMALL_PRESET: dict[str, Any] = {
 }
 
 
-def preset_defaults(base: Mapping[str, Any], preset: str) -> dict[str, Any]:
-    """`base` with the preset's values applied (``paper`` keeps `base`)."""
+def preset_defaults(
+    base: Mapping[str, Any], preset: str, variant: str = "paper"
+) -> dict[str, Any]:
+    """`base` with the variant's and the preset's values applied (``paper`` keeps `base`)."""
+    if variant not in VARIANTS:
+        raise ConfigError(
+            f"model 'pcnet' has no variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
     if preset not in PRESETS:
         raise ConfigError(f"pcnet preset {preset!r} is not one of {', '.join(PRESETS)}")
     merged = dict(base)
+    if variant == "official":
+        from refbench_pcnet.official import OFFICIAL
+
+        if preset != "paper":
+            raise ConfigError(
+                f"preset {preset!r} belongs to the paper variant; the official variant is the "
+                "authors' released model (drop --set preset or --set variant)"
+            )
+        merged.update(OFFICIAL)
+        merged["variant"] = "official"
     if preset == "small":
         merged.update(SMALL_PRESET)
     return merged
@@ -150,6 +192,9 @@ def validate(config: Mapping[str, Any]) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"pcnet config {key}={config[key]!r}: {why}")
 
+    if config["variant"] == "official":
+        _validate_official(config, fail)
+        return
     if config["modulation"] not in MODULATIONS:
         fail("modulation", f"choose one of {', '.join(MODULATIONS)} (PCNet Table 4)")
     if config["backbone_norm"] not in NORMS:
@@ -196,3 +241,31 @@ def validate(config: Mapping[str, Any]) -> None:
     ):
         fail("num_proposals", "RaS, IaD, region_pooling and background_weight need mask "
              "proposals; switch them off or set P > 0")
+
+
+def _validate_official(config: Mapping[str, Any], fail: Any) -> None:
+    """The official variant's keys; its architecture is the authors' (RN50 C5, CLIP text)."""
+    from refbench_pcnet.official import NUM_BLOCKS, TEXT_ATTENTIONS
+
+    fixed = {"backbone": "RN50", "small_backbone": False, "feature_stage": 4,
+             "text_encoder": "clip", "coord_channels": False, "backbone_norm": "batch"}
+    for key, value in fixed.items():
+        if config[key] != value:
+            fail(key, f"the official variant is the authors' architecture ({key}={value!r}); "
+                 "use variant=paper to change it")
+    k_iters = config["k_iters"]
+    if isinstance(k_iters, bool) or not isinstance(k_iters, int) or not 1 <= k_iters <= NUM_BLOCKS:
+        fail("k_iters", f"the released --K_Iters: an integer from 1 to {NUM_BLOCKS} (the "
+             "released model has four blocks; its README evaluates with 1)")
+    for key in ("attn_multi_text", "attn_multi_vis"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            fail(key, "a number >= 0 (the released default is 0.1)")
+    length = config["text_length"]
+    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= 77:
+        fail("text_length", "an integer from 2 to 77 (the released code keeps 20 tokens)")
+    if config["text_attention"] not in TEXT_ATTENTIONS:
+        fail("text_attention", f"choose one of {', '.join(TEXT_ATTENTIONS)} (the released "
+             "code's is 'batch')")
+    if int(config["hidden_dim"]) < 1:
+        fail("hidden_dim", "must be positive")
