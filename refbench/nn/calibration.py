@@ -20,9 +20,15 @@ TRIS refbench variant's defaults clamp both at 1e-6 from below only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from refbench.api import load_state_exactly
+from refbench.errors import CheckpointError
+from refbench.nn.backbone import ClipBackbone, read_clip_state_dict
 
 CALIBRATION_EPS = 1e-6
 
@@ -102,3 +108,42 @@ def negative_calibration_loss(
         return foreground.sum() * 0.0
     per_image = (per_pair * keep).sum(-1) / counts.clamp(min=1)
     return per_image[has_any].mean()
+
+
+def build_calibration_clip(arch: str, weights: str | None, small: bool) -> nn.Module:
+    """A frozen open_clip CLIP for the calibration losses (any open_clip model).
+
+    small: the tiny `refbench.nn.SMALL_CLIP_CONFIG` CLIP (CPU tests, SynthRef); `weights`
+    is then None (random) or a local file. Otherwise `weights` is an open_clip pretrained tag
+    (downloaded once) or a local checkpoint (OpenAI's TorchScript release or a state dict).
+    """
+    if small:
+        model: nn.Module = ClipBackbone(weights=weights, small=True).model
+    else:
+        import open_clip
+
+        local = weights is not None and not open_clip.get_pretrained_cfg(arch, str(weights))
+        try:
+            model = open_clip.create_model(arch, pretrained=None if local else weights)
+        except Exception as error:  # noqa: BLE001 - offline, missing file, wrong architecture
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise CheckpointError(
+                f"calibration CLIP {arch} weights {weights!r} cannot be loaded "
+                f"({type(error).__name__}: {first}); offline, pass a local CLIP checkpoint "
+                "with --set calibration_clip_weights=PATH, or set the calibration losses' "
+                "weights to 0 (the model's docs name them)"
+            ) from None
+        if local:
+            path = Path(str(weights)).expanduser()
+            state = read_clip_state_dict(path, f"open_clip {arch}")
+            load_state_exactly(model, state, f"calibration CLIP weights {path}")
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def clip_image_side(clip: nn.Module) -> int:
+    """The calibration CLIP's native input side (224 for ViT-B/32)."""
+    size = clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

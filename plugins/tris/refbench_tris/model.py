@@ -51,9 +51,10 @@ from refbench.nn import (
     pool_response,
     released_tokens,
 )
-from refbench.nn.backbone import read_clip_state_dict
 from refbench.nn.bilateral import OFFICIAL_NAMES
 from refbench.nn.calibration import (
+    build_calibration_clip,
+    clip_image_side,
     foreground_images,
     negative_calibration_loss,
     positive_calibration_loss,
@@ -437,7 +438,7 @@ class TRIS(TrainableModel):
         if positive_weight <= 0 and negative_weight <= 0:
             return losses
         clip = self.calibration_clip(batch.images.device)
-        foreground = foreground_images(diagonal_maps(maps), batch.images, _image_side(clip))
+        foreground = foreground_images(diagonal_maps(maps), batch.images, clip_image_side(clip))
         image_embedding = clip.encode_image(foreground)
         if positive_weight > 0:
             low, high = cfg["positive_clamp"]
@@ -655,45 +656,6 @@ def negative_sentences(batch: Batch, keep_duplicates: bool = False) -> list[list
     return result
 
 
-def build_calibration_clip(arch: str, weights: str | None, small: bool) -> nn.Module:
-    """A frozen open_clip CLIP for the calibration losses (any open_clip model).
-
-    small: the tiny `refbench.nn.SMALL_CLIP_CONFIG` CLIP (CPU tests, SynthRef); `weights`
-    is then None (random) or a local file. Otherwise `weights` is an open_clip pretrained tag
-    (downloaded once) or a local checkpoint (OpenAI's TorchScript release or a state dict).
-    """
-    if small:
-        model: nn.Module = ClipBackbone(weights=weights, small=True).model
-    else:
-        import open_clip
-
-        local = weights is not None and not open_clip.get_pretrained_cfg(arch, str(weights))
-        try:
-            model = open_clip.create_model(arch, pretrained=None if local else weights)
-        except Exception as error:  # noqa: BLE001 - offline, missing file, wrong architecture
-            first = str(error).splitlines()[0] if str(error) else ""
-            raise CheckpointError(
-                f"calibration CLIP {arch} weights {weights!r} cannot be loaded "
-                f"({type(error).__name__}: {first}); offline, pass a local CLIP checkpoint "
-                "with --set calibration_clip_weights=PATH, or turn the calibration losses off "
-                "with --set calibration_positive_weight=0 --set calibration_negative_weight=0"
-            ) from None
-        if local:
-            path = Path(str(weights)).expanduser()
-            state = read_clip_state_dict(path, f"open_clip {arch}")
-            load_state_exactly(model, state, f"calibration CLIP weights {path}")
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
 def _upsample(maps: Tensor, size: Any) -> Tensor:
     """[N, 1, h, w] -> [N, S, S]: bilinear, align_corners=False, as the released model ends."""
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def _image_side(clip: nn.Module) -> int:
-    """The calibration CLIP's native input side (224 for ViT-B/32)."""
-    size = clip.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
