@@ -10,6 +10,8 @@ them, and extras:
 - ``num_distinct``: [B] long, how many extras item i holds (0 when it has no other object);
 - ``proposals``: [B, P, S, S] bool and ``proposals_valid`` [B, P] bool when the model asks for
   P proposals (an image with fewer proposals is padded with empty, invalid masks);
+- ``clip_scores``: [B, P] float32, the score of every proposal for item i's positive sentence,
+  when the proposal store holds per-sentence scores (PCNet's imported SAM masks);
 - ``false_negatives``: [B, B] bool when masking is on: entry [i, j] (j != i) says image i's
   positive expression also fits image j, so it should not serve as a negative for image j.
 """
@@ -117,7 +119,20 @@ class TrainingData(Dataset):
         }
         if self.num_proposals:
             sample["proposals"], sample["proposals_valid"] = self._proposals(item.image_id)
+            has_scores = getattr(self.proposals, "has_sentence_scores", None)
+            if has_scores is not None and has_scores():
+                sample["clip_scores"] = self._clip_scores(item.positive)
         return sample
+
+    def _clip_scores(self, expression: Expression) -> Tensor:
+        """[P] scores of the proposals for `expression` (its row of the store's table)."""
+        ref = self.dataset.ref(expression.ref_id)
+        row = [s.sent_id for s in ref.sentences].index(expression.sent_id)
+        scores = torch.zeros(self.num_proposals, dtype=torch.float32)
+        table = self.proposals.clip_scores(expression.ref_id)[row]
+        count = min(int(table.shape[0]), self.num_proposals)
+        scores[:count] = table[:count]
+        return scores
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         """Stack samples into a `Batch` (see the module docstring for its extras)."""
@@ -136,6 +151,8 @@ def collate_training(
     if "proposals" in samples[0]:
         extras["proposals"] = torch.stack([s["proposals"] for s in samples])
         extras["proposals_valid"] = torch.stack([s["proposals_valid"] for s in samples])
+    if "clip_scores" in samples[0]:
+        extras["clip_scores"] = torch.stack([s["clip_scores"] for s in samples])
     if false_negatives is not None:
         fits = torch.as_tensor(
             np.asarray(false_negatives([i.positive for i in items], [i.image_id for i in items])),

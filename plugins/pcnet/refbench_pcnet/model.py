@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from refbench.api import (
     Batch,
     Expression,
     Prediction,
+    RISModel,
     TrainableModel,
+    load_state_exactly,
     merge_config,
 )
 from refbench.cues import pad_cues
-from refbench.errors import ConfigError
+from refbench.errors import CheckpointError, ConfigError
 from refbench.nn import (
     ClipBackbone,
     LearnedTemperature,
@@ -35,8 +38,13 @@ from refbench.nn import (
     WordGRUEncoder,
     classification_loss,
     contrastive_loss,
+    encode_clip_tokens,
     pool_response,
+    released_tokens,
 )
+from refbench.nn.bilateral import OFFICIAL_NAMES
+from refbench.nn.calibration import build_calibration_clip
+from refbench.nn.calibration import clip_image_side as _image_side
 from refbench_pcnet.config import ARCHITECTURE_KEYS, PAPER_CONFIG, preset_defaults, validate
 from refbench_pcnet.crm import ConditionalReferringModule, normalise_response
 from refbench_pcnet.losses import (
@@ -45,6 +53,17 @@ from refbench_pcnet.losses import (
     proposals_to_map,
     ras_loss,
     region_pool,
+)
+from refbench_pcnet.official import NUM_BLOCKS, OfficialStages, upsample
+from refbench_pcnet.official_losses import (
+    OFFICIAL_LOSS_WEIGHTS,
+    PROPOSAL_GRID,
+    StageTerms,
+    diversify_loss,
+    official_calibration_losses,
+    official_classification_loss,
+    official_losses,
+    proposal_matches,
 )
 
 
@@ -94,15 +113,20 @@ class PCNet(TrainableModel):
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)  # rejects unknown keys
-        preset = self.config["preset"]
-        self.config = merge_config(
-            preset_defaults(self.default_config(), preset), config, f"model {self.name!r}"
+        defaults = preset_defaults(
+            self.default_config(), self.config["preset"], self.config["variant"]
         )
+        self.config = merge_config(defaults, config, f"model {self.name!r}")
         validate(self.config)
         cfg = self.config
         self.backbone = ClipBackbone(
             arch=cfg["backbone"], weights=cfg["backbone_weights"], small=bool(cfg["small_backbone"])
         )
+        # Set by `import_checkpoint`: the authors' file's name (its sha256 is in every run).
+        self.imported_from: str | None = None
+        if cfg["variant"] == "official":
+            self._build_official()
+            return
         self.feature_stage = int(cfg["feature_stage"])
         if cfg["backbone_norm"] != "batch":
             _replace_batch_norm(self.backbone.model.visual, cfg["backbone_norm"])
@@ -122,6 +146,31 @@ class PCNet(TrainableModel):
             dim, int(cfg["num_stages"]), cfg["modulation"], float(cfg["mlp_ratio"])
         )
         self._warned_missing_cues = False
+
+    def _build_official(self) -> None:
+        """The released model: projections, a fixed temperature and four attention blocks."""
+        cfg = self.config
+        dim = int(cfg["hidden_dim"])
+        self.feature_stage = 4
+        clip = self.backbone.model
+        for module in (clip.visual.attnpool,):
+            module.requires_grad_(False)  # computed by the released code, never used
+        clip.logit_scale.requires_grad_(False)
+        self.visual_projection = VisualProjection(self.backbone.stage_channels(4), dim)
+        self.word_encoder = None
+        self.text_projection = TextProjection(self.backbone.embed_dim, dim)
+        self.temperature = LearnedTemperature(float(cfg["temperature_init"]))
+        # The released optimiser leaves logit_scale out: exp(logit_scale) stays fixed.
+        self.temperature.log_scale.requires_grad_(bool(cfg["train_temperature"]))
+        self.stages = OfficialStages(dim)
+        self._warned_missing_cues = False
+
+    @property
+    def num_cues(self) -> int:
+        """Cues each expression needs: the paper's N, or the official variant's K - 1."""
+        if self.config["variant"] == "official":
+            return int(self.config["k_iters"]) - 1
+        return int(self.config["num_cues"])
 
     def _freeze_unused_backbone(self) -> None:
         """Parameters PCNet never uses get no gradient (DDP and the optimiser skip them)."""
@@ -143,11 +192,17 @@ class PCNet(TrainableModel):
 
     @property
     def weights_description(self) -> str:
-        """Where the backbone weights came from (and the checkpoint, once loaded)."""
-        if self.checkpoint_path is None:
-            return self.backbone.weights_description
-        initial = self.config.get("backbone_weights") or "random init"
-        return f"checkpoint {Path(self.checkpoint_path).name} (backbone initialised from {initial})"
+        """Where the weights came from (and the checkpoint, once loaded), and the variant."""
+        if self.imported_from is not None:
+            init = f"the authors' PCNet checkpoint {self.imported_from}"
+        elif self.checkpoint_path is None:
+            init = self.backbone.weights_description
+        else:
+            initial = self.config.get("backbone_weights") or "random init"
+            init = f"checkpoint {Path(self.checkpoint_path).name} (backbone initialised from {initial})"
+        if self.config["variant"] == "official":
+            return f"{init}; variant official, k_iters {self.config['k_iters']}"
+        return init
 
     # --- encoders -------------------------------------------------------------------------
     def encode_visual(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -201,7 +256,10 @@ class PCNet(TrainableModel):
 
         Each image is encoded once. At inference there are no other images' cues, so q'_n is
         the expression's own cue (the result does not depend on the batch's composition).
+        The official variant answers as the released evaluation: `predict_official`.
         """
+        if self.config["variant"] == "official":
+            return self.predict_official(batch)
         visual, (height, width) = self.encode_visual(batch.images)
         expressions = batch.flat_expressions
         query = self.encode_texts([e.text for e in expressions])  # [E, C]
@@ -213,9 +271,74 @@ class PCNet(TrainableModel):
         stage_maps = maps.view(len(expressions), self.num_stages, height, width)
         return Prediction(response_maps=stage_maps[:, -1].contiguous(), stage_maps=stage_maps)
 
+    def official_texts(self, texts: Sequence[str]) -> Tensor:
+        """Projected CLIP embeddings of texts cut to `text_length` tokens: [T] -> [T, C]."""
+        tokens = self.backbone.tokenize(list(texts), int(self.config["text_length"]))
+        return self.text_projection(self.backbone.encode_tokens(tokens))
+
+    def official_cues(self, expressions: Sequence[Expression]) -> Tensor:
+        """[E, 3, C]: the first three cues of each expression, encoded as the released code
+        encodes them (all of a batch's cue rows at once); [E, 0, C] when K = 1 needs none."""
+        needed = int(self.config["k_iters"]) - 1
+        dim = int(self.config["hidden_dim"])
+        if needed == 0:
+            return torch.zeros(len(expressions), 0, dim, device=self.temperature.log_scale.device)
+        rows = []
+        for expression in expressions:
+            if len(expression.cues) < needed:
+                raise ConfigError(
+                    f"pcnet official variant with k_iters={self.config['k_iters']} reads "
+                    f"{needed} cue(s) per expression, but {expression.key} "
+                    f"({expression.text!r}) has {len(expression.cues)}; import the authors' "
+                    "phrases with `refbench cues import --format pcnet` and pass --cues, or "
+                    "use --set k_iters=1"
+                )
+            rows.append(list(expression.cues[:3]))
+        width = min(len(r) for r in rows)
+        flat = [phrase for row in rows for phrase in row[:width]]
+        return self.official_texts(flat).view(len(expressions), width, -1)
+
+    def official_scores(
+        self, visual: Tensor, size: tuple[int, int], sentences: Tensor, cues: Tensor
+    ) -> list[Tensor]:
+        """Every stage's [B, T, h, w] scores of the released forward (see `official`)."""
+        cfg = self.config
+        return self.stages(
+            visual, size, sentences, cues, int(cfg["k_iters"]), self.temperature(),
+            float(cfg["attn_multi_text"]), float(cfg["attn_multi_vis"]),
+            bool(cfg["official_reshape"]), str(cfg["text_attention"]),
+        )
+
+    @torch.no_grad()
+    def predict_official(self, batch: Batch) -> Prediction:
+        """The released evaluation: one image and one sentence per forward (batch size 1),
+        every stage's map upsampled to the input size (align_corners=False) and ReLU'd; the
+        last stage's is the answer. [E, S, S]; stage maps [E, K, S, S]."""
+        side = int(batch.images.shape[-1])
+        stage_maps = []
+        for image, group in zip(batch.images, batch.expressions):
+            features = self.visual_projection(
+                self.backbone.encode_image_dense(image[None], stage=4)
+            )  # [1, C, h, w]
+            size = (int(features.shape[2]), int(features.shape[3]))
+            visual = features.flatten(2).transpose(1, 2)
+            for expression in group:
+                sentence = self.official_texts([expression.text])
+                cues = self.official_cues([expression])
+                scores = self.official_scores(visual, size, sentence, cues)
+                maps = [F.relu(upsample(s[:, :1], side)) for s in scores]
+                stage_maps.append(torch.cat(maps, dim=1))  # [1, K, S, S]
+        stacked = torch.cat(stage_maps)
+        return Prediction(response_maps=stacked[:, -1].contiguous(), stage_maps=stacked)
+
     # --- training -------------------------------------------------------------------------
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Weighted losses: ``cls/stage1..N``, and ``ras``, ``iad``, ``background`` when on."""
+        """Weighted losses: ``cls/stage1..N``, and ``ras``, ``iad``, ``background`` when on.
+
+        The official variant trains as train_prog.py: `training_step_official`.
+        """
+        if self.config["variant"] == "official":
+            return self.training_step_official(batch)
         cfg = self.config
         images = batch.images
         num_images = images.shape[0]
@@ -338,6 +461,106 @@ class PCNet(TrainableModel):
                 losses["iad"] = float(cfg["iad_weight"]) * iad
         return losses
 
+    def training_step_official(self, batch: Batch) -> dict[str, Tensor]:
+        """The released training step (train_prog.py, model_prog_v5.TRIS.c4_foward).
+
+        Item i of the batch is one ref: its sentence, then sentences about other objects of
+        its image (the released ``--negative_samples``; the first is the released "diff ref"
+        sentence). Every forward carries 2B texts, the B sentences then the B other-object
+        sentences (an image without another object lends another item's sentence, marked as
+        not of the same image), as the released script always calls with ``div_loc=True``.
+        Per stage: L_cls over the B x B grid, the negative-phrase calibration ("cbs") and,
+        when weighted, the SAM proposal terms; averaged over stages and weighted with the
+        ``*_weight`` keys (args.py: cls 5, cbs 2, the rest 0).
+        """
+        cfg = self.config
+        images = batch.images
+        count = images.shape[0]
+        positives = [group[0] for group in batch.expressions]
+        others, same_image = [], []
+        for i, group in enumerate(batch.expressions):
+            own = len(group) > 1
+            others.append(group[1] if own else positives[(i + 1) % count])
+            same_image.append(own)
+        texts = positives + others
+        features = self.visual_projection(self.backbone.encode_image_dense(images, stage=4))
+        size = (int(features.shape[2]), int(features.shape[3]))
+        visual = features.flatten(2).transpose(1, 2)
+        sentences = self.official_texts([e.text for e in texts])
+        stages = self.official_scores(visual, size, sentences, self.official_cues(texts))
+
+        weights = {name: float(cfg[f"{name}_weight"]) for name in OFFICIAL_LOSS_WEIGHTS}
+        side = int(images.shape[-1])
+        wants_proposals = any(weights[k] > 0 for k in ("shrink", "anchor", "diversify"))
+        proposals = clip_scores = None
+        if wants_proposals:
+            stored = batch.extras.get("proposals")
+            if stored is None:
+                raise ConfigError(
+                    "pcnet official variant with shrink_weight, anchor_weight or "
+                    "diversify_weight > 0 needs SAM proposals: set num_proposals=40 and train "
+                    "with --proposals (PCNet's imported SAM masks)"
+                )
+            proposals = F.interpolate(stored.to(images.device).float(),
+                                      size=(PROPOSAL_GRID, PROPOSAL_GRID), mode="nearest")
+            clip_scores = batch.extras.get("clip_scores")
+            if clip_scores is None and (weights["shrink"] > 0 or weights["anchor"] > 0):
+                raise ConfigError(
+                    "pcnet official shrink/anchor losses pick the target's proposal by its CLIP "
+                    "score; import PCNet's SAM masks with their candidate file (`refbench "
+                    "proposals import --format pcnet`) and train with those proposals"
+                )
+        calibrate = weights["cbs"] > 0 or (weights["fg"] > 0 and (cfg["clip_fg"] or cfg["clip_bg"]))
+        clip = negative_text = positive_text = None
+        if calibrate:
+            clip = self.calibration_clip(images.device)
+            tokens = released_tokens([e.text for e in positives], int(cfg["text_length"]))
+            positive_text = encode_clip_tokens(clip, tokens.to(images.device))
+            negatives = official_negatives(batch, int(cfg["num_distinct"]))
+            flat = [t for row in negatives for t in row]
+            embedded = encode_clip_tokens(
+                clip, released_tokens(flat, int(cfg["text_length"])).to(images.device))
+            negative_text = embedded.view(count, -1, embedded.shape[-1])
+        same = torch.tensor(same_image, device=images.device)
+        terms = []
+        for scores in stages:  # [B, 2B, h, w]
+            grid = scores[:, :count].flatten(2).transpose(1, 2)  # [B, hw, B]
+            own = torch.stack([scores[i, i] for i in range(count)])  # [B, h, w]
+            relu = F.relu(upsample(own[:, None], side))
+            cls = official_classification_loss(
+                grid, float(cfg["softmax_temperature"]), float(cfg["focal_p"]),
+                float(cfg["focal_c"]))
+            calibration: dict[str, Tensor] = {}
+            if calibrate:
+                calibration = official_calibration_losses(
+                    own, images, clip.encode_image, negative_text, positive_text,
+                    bool(cfg["clip_fg"]), bool(cfg["clip_bg"]), size=_image_side(clip))
+            zero = cls.new_zeros(())
+            left = right = zero
+            if clip_scores is not None:
+                left, right = proposal_matches(relu, proposals, clip_scores.to(images.device))
+            diversify = None
+            if weights["diversify"] > 0:
+                other = torch.stack([scores[i, count + i] for i in range(count)])
+                diversify = diversify_loss(relu, F.relu(upsample(other[:, None], side)),
+                                           proposals, same)
+            terms.append(StageTerms(cls=cls, left=left, right=right,
+                                    cbs=calibration.get("cbs"), fg=calibration.get("fg"),
+                                    diversify=diversify))
+        return official_losses(terms, weights)
+
+    def calibration_clip(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The frozen CLIP of the calibration losses, built on first use, kept out of the
+        state dict (checkpoints stay the size of the trained model)."""
+        if not hasattr(self, "_calibration"):
+            self._calibration: dict[str, torch.nn.Module] = {}
+        if "model" not in self._calibration:
+            self._calibration["model"] = build_calibration_clip(
+                self.config["calibration_clip"], self.config["calibration_clip_weights"], False)
+        model = self._calibration["model"].to(device)
+        self._calibration["model"] = model
+        return model.eval()
+
     def _smooth(self, maps: Tensor, size: tuple[int, int]) -> Tensor:
         """Average each map over k x k cells (``map_smoothing``): [..., hw] -> [..., hw]."""
         kernel = int(self.config["map_smoothing"])
@@ -357,3 +580,128 @@ class PCNet(TrainableModel):
         model = cls({**config, "backbone_weights": None})
         model.config["backbone_weights"] = config.get("backbone_weights")
         return model
+
+    @classmethod
+    def import_checkpoint(
+        cls, state: Any, path: Path, overrides: dict[str, Any]
+    ) -> RISModel | None:
+        """A checkpoint of the authors' code (train_prog.py's save_checkpoint) as it is saved.
+
+        Recognised: a dict whose ``model`` entry (or the dict itself) holds the released
+        model's parameter names (``c4_vis_project``, ``attn_fusion_vl.{0..3}``, ...). The
+        hidden size is read off the file; another backbone, a file without the four attention
+        blocks and TRIS's checkpoints are named in the error.
+        """
+        weights = official_weights(state)
+        if weights is None:
+            return None
+        describe_official(weights, path)
+        variant = overrides.get("variant", "official")
+        if variant != "official":
+            raise CheckpointError(
+                f"checkpoint {path} is the authors' PCNet checkpoint, which the official "
+                f"variant reads; drop --set variant={variant}"
+            )
+        hidden = int(weights["c4_vis_project.weight"].shape[0])
+        if "hidden_dim" in overrides and int(overrides["hidden_dim"]) != hidden:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with hidden_dim={hidden}; drop --set "
+                f"hidden_dim={overrides['hidden_dim']}"
+            )
+        config = {"variant": "official", "hidden_dim": hidden, **overrides}
+        try:
+            model = cls.from_checkpoint_config(config)
+        except ConfigError as error:
+            raise CheckpointError(f"checkpoint {path} cannot be read with this config: {error}") \
+                from None
+        ours = {official_name(k): k for k in model.state_dict()}
+        renamed = {ours.get(k, k): v for k, v in weights.items()}  # unknown names kept: listed
+        load_state_exactly(model, renamed, f"checkpoint {path}")
+        model.imported_from = path.name
+        return model
+
+    def export_official(self) -> dict[str, Tensor]:
+        """This model's weights under the released code's names: the ``model`` entry of a
+        checkpoint the authors' validate.py loads (the reverse of `import_checkpoint`)."""
+        if self.config["variant"] != "official":
+            raise ConfigError(
+                "only the official variant has the authors' architecture; this model is "
+                f"variant {self.config['variant']!r}"
+            )
+        return {official_name(k): v for k, v in self.state_dict().items()}
+
+
+# --- the authors' checkpoints ---------------------------------------------------------------
+_OFFICIAL_PREFIXES = {
+    "c4_vis_project.": "visual_projection.proj.",
+    "global_lan_project.": "text_projection.proj.",
+    "backbone.": "backbone.model.",
+}
+_BLOCK_OFFICIAL = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
+
+
+def official_negatives(batch: Batch, count: int) -> list[list[str]]:
+    """Per image, `count` sentences the calibration pushes its foreground away from: its
+    other-object sentences, repeated in turn to `count`, or (an image with one object) other
+    items' sentences, as the released sampler falls back to random refs."""
+    positives = [group[0].text for group in batch.expressions]
+    rows = []
+    for i, group in enumerate(batch.expressions):
+        own = [e.text for e in group[1:]] or [
+            positives[j] for j in range(len(positives)) if j != i] or [positives[i]]
+        rows.append([own[k % len(own)] for k in range(max(count, 1))])
+    return rows
+
+
+def official_name(key: str) -> str:
+    """An official-variant parameter name under the released code's names (import and
+    export both use this one mapping)."""
+    if key == "temperature.log_scale":
+        return "logit_scale"
+    if key.startswith("stages.blocks."):
+        index, head, rest = key.removeprefix("stages.blocks.").split(".", 2)
+        return f"attn_fusion_vl.{index}.{_BLOCK_OFFICIAL[head]}.{rest}"
+    for official, ours in _OFFICIAL_PREFIXES.items():
+        if key.startswith(ours):
+            return official + key.removeprefix(ours)
+    raise KeyError(key)
+
+
+def official_weights(state: Any) -> dict[str, Tensor] | None:
+    """The released PCNet weights in a loaded file, or None when it is not PCNet-shaped.
+
+    The released save_checkpoint writes {model, optimizer, lr_scheduler, epoch}; a bare state
+    dict and DataParallel's ``module.`` prefix are accepted too.
+    """
+    if not isinstance(state, Mapping):
+        return None
+    weights = state.get("model", state)
+    if not isinstance(weights, Mapping) or not weights:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+        return None
+    weights = {k.removeprefix("module."): v for k, v in weights.items()}
+    looks_like = any(k.startswith(("c4_vis_project.", "attn_fusion_vl.", "global_lan_project."))
+                     for k in weights)
+    return dict(weights) if looks_like else None
+
+
+def describe_official(weights: Mapping[str, Tensor], path: Path) -> None:
+    """Raise a one-line `CheckpointError` when the file is a released model PCNet cannot read."""
+    blocks = {k.split(".")[1] for k in weights if k.startswith("attn_fusion_vl.")}
+    if blocks != {str(i) for i in range(NUM_BLOCKS)}:
+        raise CheckpointError(
+            f"checkpoint {path} has {len(blocks)} attention blocks (attn_fusion_vl), the "
+            f"released PCNet has {NUM_BLOCKS} (trained with --attn_multi > 0); it cannot be "
+            "evaluated as the authors' model"
+        )
+    layer3 = {k.split(".")[3] for k in weights if k.startswith("backbone.visual.layer3.")}
+    text = weights.get("global_lan_project.weight")
+    width = int(text.shape[-1]) if text is not None and text.ndim == 2 else None
+    if len(layer3) != 6 or width != 1024:
+        name = "CLIP RN101" if len(layer3) == 23 else "another backbone"
+        raise CheckpointError(
+            f"checkpoint {path} is a PCNet checkpoint with {name} ({len(layer3)} layer3 "
+            f"blocks, text width {width}); the official variant reads the RN50 checkpoints "
+            "(6 layer3 blocks, text width 1024)"
+        )
