@@ -8,7 +8,7 @@ produces ready `Batch` objects: images resized (``resize``: "torch" or "pil", as
 them, and extras:
 
 - ``num_distinct``: [B] long, how many extras item i holds (0 when it has no other object);
-- ``proposals``: [B, P, S, S] bool and ``proposals_valid`` [B, P] bool when the model asks for
+- ``proposals``: [B, P, S, S] bool (S: ``proposal_size``, default the input size) and ``proposals_valid`` [B, P] bool when the model asks for
   P proposals (an image with fewer proposals is padded with empty, invalid masks);
 - ``clip_scores``: [B, P] float32, the score of every proposal for item i's positive sentence,
   when the proposal store holds per-sentence scores (PCNet's imported SAM masks);
@@ -65,6 +65,7 @@ class TrainingData(Dataset):
         cues: Mapping[str, Sequence[str]] | None = None,
         num_proposals: int = 0,
         proposals: Any = None,
+        proposal_size: int | None = None,
         false_negatives: FalseNegativeFn | None = None,
     ) -> None:
         self.dataset = dataset
@@ -76,6 +77,8 @@ class TrainingData(Dataset):
         self.cues = cues
         self.num_proposals = int(num_proposals)
         self.proposals = proposals
+        # the side proposals are loaded at (nearest from the original size); default: the input
+        self.proposal_size = int(proposal_size) if proposal_size else self.input_size
         self.false_negatives = false_negatives
         if self.num_cues and cues is None:
             raise DataError("the model reads cues (num_cues > 0) but no cue cache was given")
@@ -96,7 +99,7 @@ class TrainingData(Dataset):
         return dataclasses.replace(expression, cues=tuple(phrases)[: self.num_cues])
 
     def _proposals(self, image_id: int) -> tuple[Tensor, Tensor]:
-        size = self.input_size
+        size = self.proposal_size
         masks = torch.as_tensor(self.proposals.load(image_id, (size, size))).bool()
         if masks.ndim != 3 or tuple(masks.shape[1:]) != (size, size):
             raise DataError(

@@ -189,6 +189,7 @@ class Trainer:
             cues=cues,
             num_proposals=num_proposals,
             proposals=proposals,
+            proposal_size=self.config.get("proposal_size"),
             false_negatives=false_negatives,
         )
         self._loader_generator = torch.Generator()

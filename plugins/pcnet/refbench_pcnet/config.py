@@ -85,6 +85,7 @@ PAPER_CONFIG: dict[str, Any] = {
     "iad_temperature": 0.1,
     "num_proposals": 40,  # P
     "num_distinct": 1,  # N_d
+    "proposal_size": None,  # side the training batches' proposals are loaded at (null: input)
     # refbench's options (not the paper's), off by default: "region_pooling" replaces the max
     # term of mean+max pooling by the best proposal's mean response (max_p avg_{m_p} R);
     # "map_smoothing" k > 1 averages every map over k x k cells (train and predict);

@@ -466,9 +466,10 @@ class PCNet(TrainableModel):
 
         Item i of the batch is one ref: its sentence, then sentences about other objects of
         its image (the released ``--negative_samples``; the first is the released "diff ref"
-        sentence). Every forward carries 2B texts, the B sentences then the B other-object
-        sentences (an image without another object lends another item's sentence, marked as
-        not of the same image), as the released script always calls with ``div_loc=True``.
+        sentence). Every forward carries 2B texts, the B sentences then the B other sentences
+        (the first extra of each item; an item without one borrows the next item's sentence);
+        an other sentence about another image is left out of the diversify term, as the
+        released ``same_img_mark``. The released script always calls with ``div_loc=True``.
         Per stage: L_cls over the B x B grid, the negative-phrase calibration ("cbs") and,
         when weighted, the SAM proposal terms; averaged over stages and weighted with the
         ``*_weight`` keys (args.py: cls 5, cbs 2, the rest 0).
@@ -479,9 +480,9 @@ class PCNet(TrainableModel):
         positives = [group[0] for group in batch.expressions]
         others, same_image = [], []
         for i, group in enumerate(batch.expressions):
-            own = len(group) > 1
-            others.append(group[1] if own else positives[(i + 1) % count])
-            same_image.append(own)
+            other = group[1] if len(group) > 1 else positives[(i + 1) % count]
+            others.append(other)
+            same_image.append(len(group) > 1 and other.image_id == group[0].image_id)
         texts = positives + others
         features = self.visual_projection(self.backbone.encode_image_dense(images, stage=4))
         size = (int(features.shape[2]), int(features.shape[3]))

@@ -74,6 +74,7 @@ OFFICIAL: dict[str, Any] = {
     "clip_bg": False,
     "num_distinct": 1,  # --negative_samples: sentences about other objects of the image
     "num_proposals": 0,  # 40 when a SAM-proposal term is weighted
+    "proposal_size": 32,  # SAM masks resized (nearest) to 32x32 for the proposal terms
     "sampling": "refs",  # one ref and one of its sentences per item
     "selection_metric": "mIoU",  # train_prog.py keeps the best val mIoU
     "softmax_temperature": 1.0,

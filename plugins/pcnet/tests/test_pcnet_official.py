@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from refbench_pcnet.model import PCNet
+from refbench_pcnet.model import PCNet, official_name
 
 from refbench.api import Batch, Expression
 from refbench.cli import main
@@ -296,3 +296,96 @@ def test_official_config_refuses_paper_only_settings() -> None:
         PCNet({"variant": "released"})
     with pytest.raises(ConfigError, match="text_attention='rows'"):
         PCNet({"variant": "official", "text_attention": "rows"})
+
+
+# --- training ----------------------------------------------------------------------------------
+def training_batch(model: PCNet, dataset: ReferDataset, drawn: list[dict], phrases: dict,
+                   clip_scores: dict) -> Batch:
+    """The batch train_prog.py drew: each ref's image, its sentence, then the other sentence
+    (another object of the image, or the released fallback's random sentence); the SAM masks
+    at 32x32 (nearest, as the released loader) and the sentence's clip scores."""
+    from tests.reference_fixture import sam_masks_of
+
+    def item(ref_id: int, index: int) -> Expression:
+        ref = dataset.ref(ref_id)
+        sentence = ref.sentences[index]
+        return Expression(sentence.text, image_id=ref.image_id, ref_id=ref_id,
+                          ann_id=ref.ann_id, sent_id=sentence.sent_id,
+                          cues=tuple(phrases[(ref_id, index)][:2]))
+
+    groups, masks, scores = [], [], []
+    for entry in drawn:
+        positive = item(entry["ref_id"], entry["sentence_index"])
+        other = item(entry["other_ref_id"], entry["other_sentence_index"])
+        assert entry["negatives"] == [other.text]
+        assert entry["same_image"] == (other.image_id == positive.image_id)
+        groups.append([positive, other])
+        full = torch.from_numpy(sam_masks_of(positive.image_id)).float()[None]
+        masks.append(torch.nn.functional.interpolate(full, size=(32, 32), mode="nearest")[0])
+        scores.append(torch.from_numpy(
+            clip_scores[entry["ref_id"]][entry["sentence_index"]].copy()))
+    transform = ModelImageTransform.for_model(model.config)
+    images = torch.stack([transform(dataset.load_image(g[0].image_id)) for g in groups])
+    return Batch(images, groups, {"proposals": torch.stack(masks).bool(),
+                                  "clip_scores": torch.stack(scores)})
+
+
+def check_losses(losses: dict, official: dict) -> None:
+    """refbench's weighted terms against train_prog.py's logged terms (x its weights)."""
+    assert set(losses) == {"cls", "cbs", "shrink", "anchor", "diversify"}
+    for name, term, weight in (("cls", "train/cls_loss", 5.0), ("cbs", "train/cbs_loss", 2.0),
+                               ("shrink", "train/shrink_loss", 1.0),
+                               ("anchor", "train/anchor_loss", 1.0),
+                               ("diversify", "train/diversify_loc_loss", 1.0)):
+        assert float(losses[name].detach()) == pytest.approx(weight * official[term], rel=1e-4,
+                                                     abs=1e-6), name
+    total = float(sum(v.detach() for v in losses.values()))
+    assert total == pytest.approx(official["train/loss"], rel=1e-4)
+
+
+def test_training_steps_equal_train_prog(golden, checkpoint, data_root, tmp_path,
+                                         monkeypatch) -> None:
+    """Two steps of train_prog.train_one_epoch (K = 3, every loss term weighted): the same
+    losses, the same update of each parameter group (backbone x0.1, logit_scale fixed)."""
+    import random
+
+    training = golden["training"]
+    root, files = data_root
+    clip_file = tmp_path / "vit-b-32.pt"
+    torch.save(seeded_state_dict(training["calibration_clip_manifest"],
+                                 training["calibration_seed"]), clip_file)
+    model = PCNet.from_checkpoint(
+        checkpoint, k_iters=3, shrink_weight=1.0, anchor_weight=1.0, diversify_weight=1.0,
+        num_proposals=40, calibration_clip_weights=str(clip_file)).train()
+    train_set = ReferDataset(root, get_split("refcocog-train-u"))
+    drawn_pairs = iter(training["pairs"])
+    monkeypatch.setattr(random, "choice", lambda options: next(drawn_pairs))
+    args = training["args"]
+    total = args["steps_per_epoch"] * args["epoch"]
+    groups = model.parameter_groups()
+    optimizer = torch.optim.AdamW(groups, lr=5e-5, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda x: (1 - x / total) ** 0.9)
+    named = dict(model.named_parameters())
+    ours = {official_name(k): k for k in named}
+    for step, (drawn, official) in enumerate(zip(training["batches"], training["losses"])):
+        batch = training_batch(model, train_set, drawn, files["phrases"], files["clip_scores"])
+        losses = model.training_step(batch)
+        check_losses(losses, official)
+        before = {n: named[ours[n]].detach().clone() for n in training["steps"][step]
+                  if n != "lrs"}
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        schedule.step()
+        for name, expected in training["steps"][step].items():
+            if name == "lrs":
+                continue
+            delta = (named[ours[name]].detach() - before[name]).double()
+            if name == "logit_scale":  # not in the released optimiser: it never moves
+                assert expected["delta_abs_sum"] == 0 and float(delta.abs().sum()) == 0
+                continue
+            # Adam divides by sqrt(v) + 1e-8: where gradients are that small (the first
+            # convolution, deepest in the backward pass) float rounding shows at 1e-2.
+            assert float(delta.abs().sum()) == pytest.approx(expected["delta_abs_sum"],
+                                                             rel=1e-2), (step, name)
+

@@ -35,6 +35,13 @@ CHECKPOINT_NAME = "ckpt_320_epoch_0_best.pth"
 HARD_CODED_ROOT = Path("/home/yzq/mnt/data/coco")  # dataset/ReferDataset.py's phrase/mask dirs
 K_VALUES = (1, 3)
 BATCH_OF_TWO = [(11, 0), (13, 0)]  # (ref_id, sentence index): one eval forward with both
+CALIBRATION_SEED = 25  # the frozen ViT-B/32 of the cbs loss
+TRAIN_STEPS = 2
+TRACKED = [  # parameters whose update is recorded after each training step
+    "c4_vis_project.weight", "global_lan_project.bias", "attn_fusion_vl.0.v_proj1.0.weight",
+    "attn_fusion_vl.2.t_output.0.bias", "backbone.visual.conv1.weight",
+    "backbone.transformer.resblocks.0.attn.in_proj_weight", "logit_scale",
+]
 
 
 def load_by_path(name: str, path: Path):
@@ -76,6 +83,16 @@ def serve_state_dicts() -> None:
             raise
 
     torch.jit.load = jit_load
+
+
+class RecordingWriter:
+    """Stands in for tensorboardX's SummaryWriter: keeps every scalar."""
+
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, name, value, step) -> None:
+        self.scalars.append((name, float(np.asarray(value)), int(step)))
 
 
 def main() -> None:
@@ -253,6 +270,109 @@ def main() -> None:
     first, _ = val_set[position[11]]
     arrays["input_image201_every4"] = first["img"][:, ::4, ::4].numpy()
 
+    # --- training: train_prog.train_one_epoch on the train split, every loss term on -----------
+    import random
+
+    import train_prog
+
+    train_prog.writer = writer = RecordingWriter()
+    train_prog.logger = validate_module.logger
+    train_prog.get_gpu_mem_info = lambda gpu_id=0: (0, 0, 0)
+    vit = clip_model_module.CLIP(512, 224, 12, 768, 32, 77, 20, 49408, 512, 8, 12)
+    vit_manifest = weights.manifest_of(vit.state_dict())
+    torch.save(weights.seeded_state_dict(vit_manifest, CALIBRATION_SEED), work / "ViT-B-32.pt")
+    clip_module._download = lambda url, root: str(
+        work / ("ViT-B-32.pt" if "ViT-B-32" in url else "RN50.pt"))
+    train_args = arguments(3, "--batch_size", "2", "--negative_samples", "1", "--w2", "1",
+                           "--w3", "1", "--div_loc", "1", "--epoch", "15")
+    prog.Upsample = original_upsample
+    model = prog.TRIS(train_args)
+    model.load_state_dict(state, strict=True)
+    train_set = ReferDataset(refer_data_root=str(official_root), dataset="refcocog",
+                             splitBy="umd", bert_tokenizer="clip", split="train", size=320,
+                             max_tokens=20, image_transforms=get_transform(320, train=True),
+                             eval_mode=False, negative_samples=1)
+    drawn: list[dict] = []
+    original_getitem, original_negatives = ReferDataset.__getitem__, ReferDataset.get_neg_samples
+
+    def get_neg_samples(self, this_img_id, this_ref_id, sentences):
+        value = original_negatives(self, this_img_id, this_ref_id, sentences)
+        neg_sents, _, diff_ref_id, diff_choice, same = value
+        drawn.append({"negatives": list(neg_sents), "other_ref_id": int(diff_ref_id),
+                      "other_sentence_index": int(diff_choice), "same_image": bool(same)})
+        return value
+
+    def getitem(self, index):
+        sample, target = original_getitem(self, index)
+        ref = self.refer.Refs[self.ref_ids[index]]
+        texts = [s["sent"] for s in ref["sentences"]]
+        drawn[-1].update({"ref_id": int(self.ref_ids[index]),
+                          "sentence_index": texts.index(target["sentences"])})
+        return sample, target
+
+    ReferDataset.__getitem__, ReferDataset.get_neg_samples = getitem, get_neg_samples
+    loader = torch.utils.data.DataLoader(train_set, batch_size=2, num_workers=0, shuffle=True)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == TRAIN_STEPS:
+            break
+    ReferDataset.__getitem__, ReferDataset.get_neg_samples = original_getitem, original_negatives
+    groups = model.trainable_parameters()
+    optimizer = torch.optim.AdamW([
+        {"params": groups[0], "lr": train_args.lr * train_args.lr_multi,
+         "weight_decay": train_args.weight_decay},
+        {"params": groups[1], "lr": train_args.lr, "weight_decay": train_args.weight_decay},
+    ], lr=train_args.lr, weight_decay=train_args.weight_decay)
+    total = len(loader) * train_args.epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda x: (1 - x / total) ** 0.9)
+    named = dict(model.named_parameters())
+    snapshots: list[dict] = []
+    original_step = optimizer.step
+
+    def step(*a, **k):
+        before = {n: named[n].detach().clone() for n in TRACKED}
+        out = original_step(*a, **k)
+        snapshots.append({n: {
+            "delta_sum": float((named[n].detach() - before[n]).double().sum()),
+            "delta_abs_sum": float((named[n].detach() - before[n]).double().abs().sum()),
+        } for n in TRACKED} | {"lrs": [g["lr"] for g in optimizer.param_groups]})
+        return out
+
+    optimizer.step = step
+    pairs: list[int] = []
+    original_choice = prog.random.choice
+
+    def choice(options):
+        value = original_choice(options)
+        pairs.append(int(value))
+        return value
+
+    prog.random = types.SimpleNamespace(choice=choice)
+    random.seed(0)
+    calibration_clip, _ = clip_module.load("ViT-B/32", device="cpu", jit=False, txt_length=20)
+    calibration_clip.eval()
+    scaler = torch.cuda.amp.GradScaler(enabled=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_prog.train_one_epoch(batches, model, optimizer, 0, 0, train_args, 0,
+                                   calibration_clip, lr_scheduler=scheduler, amp_scaler=scaler,
+                                   config=train_args)
+    losses: dict[int, dict[str, float]] = {}
+    for name, value, iteration in writer.scalars:
+        if name.startswith(("train/", "optim/")):
+            losses.setdefault(iteration, {})[name] = value
+    training = {
+        "args": {"batch_size": 2, "negative_samples": 1, "K_Iters": 3, "w1": 1, "w2": 1,
+                 "w3": 1, "w4": 5, "w5": 2, "div_loc": 1, "epoch": 15,
+                 "steps_per_epoch": len(loader)},
+        "batches": [drawn[i: i + 2] for i in range(0, 2 * TRAIN_STEPS, 2)],
+        "pairs": pairs,
+        "losses": [losses[i] for i in sorted(losses)],
+        "steps": snapshots,
+        "calibration_clip_manifest": vit_manifest,
+        "calibration_seed": CALIBRATION_SEED,
+    }
+
     commit = subprocess.run(["git", "-C", str(options.repo), "rev-parse", "HEAD"],
                             capture_output=True, text=True, check=True).stdout.strip()
     golden = {
@@ -264,12 +384,14 @@ def main() -> None:
         "validate": runs,
         "batch_of_two": {"pairs": [list(p) for p in BATCH_OF_TWO], "k_iters": 3},
         "phrases": {f"{r}/{j}": p for (r, j), p in pcnet_files["phrases"].items()},
+        "training": training,
     }
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "pcnet_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
     np.savez_compressed(options.out / "pcnet_golden.npz", **arrays)
     for name, run in runs.items():
         print(name, json.dumps(run["metrics"]), run["final_line"])
+    print(json.dumps(training["losses"]), training["pairs"])
 
 
 if __name__ == "__main__":
