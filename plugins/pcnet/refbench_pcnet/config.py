@@ -86,6 +86,8 @@ PAPER_CONFIG: dict[str, Any] = {
     "num_proposals": 40,  # P
     "num_distinct": 1,  # N_d
     "proposal_size": None,  # side the training batches' proposals are loaded at (null: input)
+    "sampling": "images",  # the trainer's unit: distinct images per batch ("refs": one ref each)
+    "selection_metric": "PointM",  # the validation metric that picks best.pt
     # refbench's options (not the paper's), off by default: "region_pooling" replaces the max
     # term of mean+max pooling by the best proposal's mean response (max_p avg_{m_p} R);
     # "map_smoothing" k > 1 averages every map over k x k cells (train and predict);

@@ -389,3 +389,34 @@ def test_training_steps_equal_train_prog(golden, checkpoint, data_root, tmp_path
             assert float(delta.abs().sum()) == pytest.approx(expected["delta_abs_sum"],
                                                              rel=1e-2), (step, name)
 
+
+
+def test_refbench_train_runs_the_official_variant_on_the_authors_files(
+    tmp_path, installed, data_root
+) -> None:
+    """`refbench train --set variant=official` with the imported phrases and SAM masks (K = 3,
+    the proposal terms on), then eval of its checkpoint: the command a user runs."""
+    root = data_root[0]
+    split = "refcocog-train-u"
+    assert main(["cues", "import", "--split", split, "--data-root", str(root), "--from",
+                 str(root / "refcocog" / "Mistral_7B_Ref_Sents")]) == 0
+    assert main(["proposals", "import", "--split", split, "--data-root", str(root), "--format",
+                 "pcnet", "--from", str(root / "refcocog" / "SAM_Mask")]) == 0
+    sets = ["variant=official", "backbone_weights=null", "cbs_weight=0", "batch_size=2",
+            "epochs=1", "k_iters=3", "shrink_weight=1", "anchor_weight=1",
+            "diversify_weight=1", "num_proposals=40"]
+    code = main(["train", "--model", "pcnet", "--split", split, "--data-root", str(root),
+                 "--cues", "pcnet-import", "--proposals", "pcnet-sam", "--out",
+                 str(tmp_path / "runs"), *[a for s in sets for a in ("--set", s)]])
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs" / "pcnet" / split).iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["cues"], config["proposals"]) == ("pcnet-import", "pcnet-sam")
+    assert config["model_config"]["variant"] == "official"
+    assert config["model_config"]["k_iters"] == 3
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [row for row in log if row.get("kind") == "train"]
+    assert len(steps) == 3  # 5 refs, 2 per step: the last step holds one
+    assert all(set(row["losses"]) == {"cls", "shrink", "anchor", "diversify"} for row in steps)
+    trained = PCNet.from_checkpoint(run_dir / "last.pt")
+    assert trained.config["variant"] == "official" and trained.config["k_iters"] == 3
