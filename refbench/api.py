@@ -386,6 +386,24 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     return state
 
 
+def foreign_state_dict(state: Any, prefixes: tuple[str, ...]) -> dict[str, Tensor] | None:
+    """The weights in a checkpoint another code base saved, or None when it holds none of them.
+
+    Training scripts of the field save {model, optimizer, lr_scheduler, epoch}; a bare state
+    dict and DataParallel's ``module.`` prefix are accepted too. The weights count as found when
+    some name starts with one of `prefixes` (the code base's own module names).
+    """
+    if not isinstance(state, Mapping):
+        return None
+    weights = state.get("model", state)
+    if not isinstance(weights, Mapping) or not weights:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+        return None
+    weights = {k.removeprefix("module."): v for k, v in weights.items()}
+    return weights if any(k.startswith(prefixes) for k in weights) else None
+
+
 def load_state_exactly(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load `state` into `model` with every key present and every shape equal.
 

@@ -25,6 +25,7 @@ from refbench.api import (
     Prediction,
     RISModel,
     TrainableModel,
+    foreign_state_dict,
     load_state_exactly,
     merge_config,
 )
@@ -669,26 +670,20 @@ def official_name(key: str) -> str:
 
 
 def official_weights(state: Any) -> dict[str, Tensor] | None:
-    """The released PCNet weights in a loaded file, or None when it is not PCNet-shaped.
-
-    The released save_checkpoint writes {model, optimizer, lr_scheduler, epoch}; a bare state
-    dict and DataParallel's ``module.`` prefix are accepted too.
-    """
-    if not isinstance(state, Mapping):
-        return None
-    weights = state.get("model", state)
-    if not isinstance(weights, Mapping) or not weights:
-        return None
-    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
-        return None
-    weights = {k.removeprefix("module."): v for k, v in weights.items()}
-    looks_like = any(k.startswith(("c4_vis_project.", "attn_fusion_vl.", "global_lan_project."))
-                     for k in weights)
-    return dict(weights) if looks_like else None
+    """The released PCNet weights in a loaded file, or None when it is not PCNet-shaped
+    (see `refbench.api.foreign_state_dict`)."""
+    return foreign_state_dict(
+        state, ("c4_vis_project.", "attn_fusion_vl.", "global_lan_project.", "vis_project.")
+    )
 
 
 def describe_official(weights: Mapping[str, Tensor], path: Path) -> None:
     """Raise a one-line `CheckpointError` when the file is a released model PCNet cannot read."""
+    if "vis_project.weight" in weights and "c4_vis_project.weight" not in weights:
+        raise CheckpointError(
+            f"checkpoint {path} is a TRIS checkpoint of the authors' code (vis_project, "
+            "lan_project), not PCNet; evaluate it with --model tris"
+        )
     blocks = {k.split(".")[1] for k in weights if k.startswith("attn_fusion_vl.")}
     if blocks != {str(i) for i in range(NUM_BLOCKS)}:
         raise CheckpointError(

@@ -255,6 +255,10 @@ def test_other_checkpoints_are_named(golden, tmp_path) -> None:
                              for i in range(23)}
     with pytest.raises(CheckpointError, match="CLIP RN101"):
         PCNet.from_checkpoint(write_official_checkpoint(tmp_path / "rn101.pth", rn101))
+    tris = {"backbone.visual.conv1.weight": torch.zeros(1), "vis_project.weight": torch.zeros(1),
+            "lan_project.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match="TRIS checkpoint.*--model tris"):
+        PCNet.from_checkpoint(write_official_checkpoint(tmp_path / "tris.pth", tris))
     three = {k: v for k, v in weights.items() if not k.startswith("attn_fusion_vl.3.")}
     with pytest.raises(CheckpointError, match="has 3 attention blocks"):
         PCNet.from_checkpoint(write_official_checkpoint(tmp_path / "three.pth", three))

@@ -33,6 +33,7 @@ from refbench.api import (
     Prediction,
     RISModel,
     TrainableModel,
+    foreign_state_dict,
     load_state_exactly,
 )
 from refbench.errors import CheckpointError, ConfigError
@@ -572,22 +573,9 @@ _FUSION_OFFICIAL = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
 
 
 def released_weights(state: Any) -> dict[str, Tensor] | None:
-    """The released model's weights in a loaded file, or None when it is not TRIS-shaped.
-
-    The released save_checkpoint writes {model, optimizer, lr_scheduler, epoch}; a bare state
-    dict and names with DataParallel's ``module.`` prefix are accepted too.
-    """
-    if not isinstance(state, Mapping):
-        return None
-    weights = state.get("model", state)
-    if not isinstance(weights, Mapping) or not weights:
-        return None
-    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
-        return None
-    weights = {k.removeprefix("module."): v for k, v in weights.items()}
-    looks_like = any(k.startswith(("backbone.visual.", "vis_project.", "attn_fusion_vl."))
-                     for k in weights)
-    return dict(weights) if looks_like else None
+    """The released model's weights in a loaded file, or None when it is not TRIS-shaped
+    (see `refbench.api.foreign_state_dict`)."""
+    return foreign_state_dict(state, ("backbone.visual.", "vis_project.", "attn_fusion_vl."))
 
 
 def describe_official(weights: Mapping[str, Tensor], path: Path) -> None:
