@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -44,57 +43,6 @@ TRACKED = [  # parameters whose update is recorded after each training step
 ]
 
 
-def load_by_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def patch_for_cpu() -> None:
-    """The only changes to the official code's behaviour: CUDA calls become CPU no-ops."""
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    torch.cuda.max_memory_allocated = lambda *args, **kwargs: 0
-    torch.cuda.synchronize = lambda *args, **kwargs: None
-    torch.cuda.empty_cache = lambda *args, **kwargs: None
-    original_tensor = torch.tensor
-
-    def tensor(*args, **kwargs):
-        if str(kwargs.get("device", "cpu")).startswith("cuda"):
-            kwargs["device"] = "cpu"
-        return original_tensor(*args, **kwargs)
-
-    torch.tensor = tensor
-
-
-def serve_state_dicts() -> None:
-    """Our seeded CLIP file is a plain state dict, not OpenAI's TorchScript archive: when
-    clip.load's torch.jit.load refuses it, rewind the file so its torch.load fallback reads it."""
-    original_jit_load = torch.jit.load
-
-    def jit_load(f, *args, **kwargs):
-        start = f.tell() if hasattr(f, "tell") else None
-        try:
-            return original_jit_load(f, *args, **kwargs)
-        except RuntimeError:
-            if start is not None:
-                f.seek(start)
-            raise
-
-    torch.jit.load = jit_load
-
-
-class RecordingWriter:
-    """Stands in for tensorboardX's SummaryWriter: keeps every scalar."""
-
-    def __init__(self) -> None:
-        self.scalars: list[tuple[str, float, int]] = []
-
-    def add_scalar(self, name, value, step) -> None:
-        self.scalars.append((name, float(np.asarray(value)), int(step)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repo", required=True, type=Path)
@@ -103,10 +51,14 @@ def main() -> None:
     options = parser.parse_args()
     work = Path.cwd()
     sys.path.insert(0, str(options.repo))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import reference_runtime as helpers  # tests/golden/reference_runtime.py
+
+    load_by_path = helpers.load_by_path
     weights = load_by_path("reference_weights", options.project / "tests" / "reference_weights.py")
     fixture = load_by_path("reference_fixture", options.project / "tests" / "reference_fixture.py")
-    patch_for_cpu()
-    serve_state_dicts()
+    helpers.patch_for_cpu()
+    helpers.serve_state_dicts()
 
     import CLIP.clip.clip as clip_module
     import CLIP.clip.model as clip_model_module
@@ -125,8 +77,8 @@ def main() -> None:
 
     # CLIP's download: our seeded RN50 file (the backbone's initial weights; the checkpoint
     # replaces them).
-    rn50 = clip_model_module.CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 20, 49408, 512, 8, 12)
-    torch.save(weights.seeded_state_dict(weights.manifest_of(rn50.state_dict()), CHECKPOINT_SEED),
+    rn50 = helpers.clip_state(clip_model_module, "RN50", 20)
+    torch.save(weights.seeded_state_dict(weights.manifest_of(rn50), CHECKPOINT_SEED),
                work / "RN50.pt")
     clip_module._download = lambda url, root: str(work / "RN50.pt")
 
@@ -275,11 +227,10 @@ def main() -> None:
 
     import train_prog
 
-    train_prog.writer = writer = RecordingWriter()
+    train_prog.writer = writer = helpers.RecordingWriter()
     train_prog.logger = validate_module.logger
     train_prog.get_gpu_mem_info = lambda gpu_id=0: (0, 0, 0)
-    vit = clip_model_module.CLIP(512, 224, 12, 768, 32, 77, 20, 49408, 512, 8, 12)
-    vit_manifest = weights.manifest_of(vit.state_dict())
+    vit_manifest = weights.manifest_of(helpers.clip_state(clip_model_module, "ViT-B/32", 20))
     torch.save(weights.seeded_state_dict(vit_manifest, CALIBRATION_SEED), work / "ViT-B-32.pt")
     clip_module._download = lambda url, root: str(
         work / ("ViT-B-32.pt" if "ViT-B-32" in url else "RN50.pt"))

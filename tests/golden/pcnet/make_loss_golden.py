@@ -14,7 +14,6 @@ txt_length 20, its weights seeded by tests/reference_weights.py (never written t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -30,27 +29,6 @@ CLIP_SEED = 16  # the frozen ViT-B/32 of cbs_loss
 FLAG_CASES = [(False, False), (True, False), (False, True), (True, True)]
 GRADIENT_CASE = {"stages": 4, "pair": 1}
 NEGATIVES = 3
-
-
-def load_by_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def patch_for_cpu() -> None:
-    """The only changes to the official code's behaviour: CUDA placement becomes the CPU."""
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    original_tensor = torch.tensor
-
-    def tensor(*args, **kwargs):
-        if str(kwargs.get("device", "cpu")).startswith("cuda"):
-            kwargs["device"] = "cpu"
-        return original_tensor(*args, **kwargs)
-
-    torch.tensor = tensor
 
 
 def refuse_breakpoint(*args, **kwargs):
@@ -69,9 +47,13 @@ def main() -> None:
     options = parser.parse_args()
     sys.path.insert(0, str(options.pcnet_repo))
     here = options.project / "tests" / "golden" / "pcnet"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import reference_runtime as helpers  # tests/golden/reference_runtime.py
+
+    load_by_path = helpers.load_by_path
     inputs_module = load_by_path("loss_inputs", here / "loss_inputs.py")
     weights = load_by_path("reference_weights", options.project / "tests" / "reference_weights.py")
-    patch_for_cpu()
+    helpers.patch_for_cpu()
     sys.breakpointhook = refuse_breakpoint
 
     import CLIP.clip as clip  # noqa: E402 - the official package, after sys.path

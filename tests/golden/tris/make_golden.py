@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -43,66 +42,6 @@ TRACKED = [  # parameters whose first training step is recorded
 TRACKED_BUFFERS = ["backbone.visual.bn1.running_mean", "backbone.visual.layer4.2.bn3.running_var"]
 
 
-def load_by_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def patch_for_cpu() -> None:
-    """The only changes to the official code's behaviour: CUDA calls become CPU no-ops."""
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    torch.cuda.max_memory_allocated = lambda *args, **kwargs: 0
-    torch.cuda.synchronize = lambda *args, **kwargs: None
-    original_tensor = torch.tensor
-
-    def tensor(*args, **kwargs):
-        if str(kwargs.get("device", "cpu")).startswith("cuda"):
-            kwargs["device"] = "cpu"
-        return original_tensor(*args, **kwargs)
-
-    torch.tensor = tensor
-
-
-def serve_state_dicts() -> None:
-    """Our seeded CLIP files are plain state dicts, not OpenAI's TorchScript archives: when
-    clip.load's torch.jit.load refuses one, rewind the file so its torch.load fallback reads it."""
-    original_jit_load = torch.jit.load
-
-    def jit_load(f, *args, **kwargs):
-        start = f.tell() if hasattr(f, "tell") else None
-        try:
-            return original_jit_load(f, *args, **kwargs)
-        except RuntimeError:
-            if start is not None:
-                f.seek(start)
-            raise
-
-    torch.jit.load = jit_load
-
-
-class RecordingWriter:
-    """Stands in for tensorboardX's SummaryWriter: keeps every scalar."""
-
-    def __init__(self) -> None:
-        self.scalars: list[tuple[str, float, int]] = []
-
-    def add_scalar(self, name, value, step) -> None:
-        self.scalars.append((name, float(np.asarray(value)), int(step)))
-
-
-def clip_state(reference_clip, vision: str, txt_length: int) -> dict:
-    """A state dict of the official CLIP class with OpenAI's RN50 or ViT-B/32 shapes."""
-    if vision == "RN50":
-        model = reference_clip.CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, txt_length, 49408,
-                                    512, 8, 12)
-    else:
-        model = reference_clip.CLIP(512, 224, 12, 768, 32, 77, txt_length, 49408, 512, 8, 12)
-    return model.state_dict()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tris-repo", required=True, type=Path)
@@ -111,10 +50,14 @@ def main() -> None:
     options = parser.parse_args()
     work = Path.cwd()
     sys.path.insert(0, str(options.tris_repo))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import reference_runtime as helpers  # tests/golden/reference_runtime.py
+
+    load_by_path = helpers.load_by_path
     weights = load_by_path("reference_weights", options.project / "tests" / "reference_weights.py")
     fixture = load_by_path("reference_fixture", options.project / "tests" / "reference_fixture.py")
-    patch_for_cpu()
-    serve_state_dicts()
+    helpers.patch_for_cpu()
+    helpers.serve_state_dicts()
 
     import CLIP.clip as clip  # noqa: E402 - the official package, after sys.path
     import CLIP.clip.clip as clip_module
@@ -130,9 +73,9 @@ def main() -> None:
 
     # CLIP's download: our seeded RN50 file; train_stage1 loads "ViT-B-32" from the work folder.
     rn50 = weights.seeded_state_dict(
-        weights.manifest_of(clip_state(clip_model_module, "RN50", 20)), CHECKPOINT_SEED)
+        weights.manifest_of(helpers.clip_state(clip_model_module, "RN50", 20)), CHECKPOINT_SEED)
     torch.save(rn50, work / "RN50.pt")
-    vit_manifest = weights.manifest_of(clip_state(clip_model_module, "ViT-B/32", 20))
+    vit_manifest = weights.manifest_of(helpers.clip_state(clip_model_module, "ViT-B/32", 20))
     torch.save(weights.seeded_state_dict(vit_manifest, CALIBRATION_SEED), work / "ViT-B-32")
     clip_module._download = lambda url, root: str(work / "RN50.pt")
 
@@ -142,7 +85,7 @@ def main() -> None:
     logger = create_logger()
     validate_module.logger = logger
     train_stage1.logger = logger
-    writer = RecordingWriter()
+    writer = helpers.RecordingWriter()
     train_stage1.writer = writer
 
     def arguments(*extra: str):
