@@ -12,7 +12,7 @@ import copy
 import difflib
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -402,6 +402,30 @@ def foreign_state_dict(state: Any, prefixes: tuple[str, ...]) -> dict[str, Tenso
         return None
     weights = {k.removeprefix("module."): v for k, v in weights.items()}
     return weights if any(k.startswith(prefixes) for k in weights) else None
+
+
+def build_from_foreign(
+    cls: type[RISModel],
+    config: Mapping[str, Any],
+    weights: Mapping[str, Tensor],
+    path: Path,
+    foreign_name: Callable[[str], str],
+) -> RISModel:
+    """`cls` built for a foreign checkpoint's `config` and loaded with its `weights`.
+
+    `foreign_name` maps each of the model's parameter names to the file's; a file name with
+    no counterpart is kept, so the error lists it. A config the model refuses and a mismatch
+    are one-line `CheckpointError`s naming the file.
+    """
+    try:
+        model = cls.from_checkpoint_config(config)
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read with this config: {error}") \
+            from None
+    ours = {foreign_name(k): k for k in model.state_dict()}
+    load_state_exactly(model, {ours.get(k, k): v for k, v in weights.items()},
+                       f"checkpoint {path}")
+    return model
 
 
 def load_state_exactly(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:

@@ -25,8 +25,8 @@ from refbench.api import (
     Prediction,
     RISModel,
     TrainableModel,
+    build_from_foreign,
     foreign_state_dict,
-    load_state_exactly,
     merge_config,
 )
 from refbench.cues import pad_cues
@@ -611,15 +611,8 @@ class PCNet(TrainableModel):
                 f"hidden_dim={overrides['hidden_dim']}"
             )
         config = {"variant": "official", "hidden_dim": hidden, **overrides}
-        try:
-            model = cls.from_checkpoint_config(config)
-        except ConfigError as error:
-            raise CheckpointError(f"checkpoint {path} cannot be read with this config: {error}") \
-                from None
-        ours = {official_name(k): k for k in model.state_dict()}
-        renamed = {ours.get(k, k): v for k, v in weights.items()}  # unknown names kept: listed
-        load_state_exactly(model, renamed, f"checkpoint {path}")
-        model.imported_from = path.name
+        model = build_from_foreign(cls, config, weights, path, official_name)
+        model.imported_from = path.name  # its sha256 is in every run's config.json
         return model
 
     def export_official(self) -> dict[str, Tensor]:

@@ -33,8 +33,8 @@ from refbench.api import (
     Prediction,
     RISModel,
     TrainableModel,
+    build_from_foreign,
     foreign_state_dict,
-    load_state_exactly,
 )
 from refbench.errors import CheckpointError, ConfigError
 from refbench.nn import (
@@ -277,14 +277,7 @@ class TRIS(TrainableModel):
         has_fusion = any(k.startswith("attn_fusion.") for k in weights)
         config = {"variant": "released", "hidden_dim": hidden,
                   "attn_multi": RELEASED["attn_multi"] if has_fusion else 0.0, **overrides}
-        try:
-            model = cls.from_checkpoint_config(config)
-        except ConfigError as error:
-            raise CheckpointError(f"checkpoint {path} cannot be read with this config: {error}") \
-                from None
-        ours = {official_name(k): k for k in model.state_dict()}
-        renamed = {ours.get(k, k): v for k, v in weights.items()}  # unknown names kept: listed
-        load_state_exactly(model, renamed, f"checkpoint {path}")
+        model = build_from_foreign(cls, config, weights, path, official_name)
         model.imported_from = path.name  # its sha256 is in every run's config.json
         return model
 
