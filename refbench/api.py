@@ -202,6 +202,13 @@ class RISModel(nn.Module):
         return int(self.config.get("num_cues", 0))
 
     @property
+    def reference_evaluation(self) -> dict[str, str]:
+        """Evaluation settings under which the method's authors report, where they differ
+        from refbench's defaults (e.g. ``{"sentences": "first"}``): `refbench eval` names the
+        flag when a run differs, and training validates with them."""
+        return {}
+
+    @property
     def weights_description(self) -> str:
         """Which weights the model holds, said in every run (e.g. 'random init')."""
         initial = str(self.config.get("weights", "random init"))

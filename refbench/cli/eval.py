@@ -160,6 +160,11 @@ def eval_command(
         return  # under torchrun, rank 0 alone reports
     print_result(console, result)
     console.print(f"weights: {model.weights_description}")
+    used = {"sentences": sentences, "protocol": protocol}
+    for key, value in model.reference_evaluation.items():
+        if key in used and used[key] != value:
+            console.print(f"note: the authors evaluate this model with --{key} {value} "
+                          f"(this run: {used[key]})")
     console.print(f"run folder: {result['run_dir']}")
 
 

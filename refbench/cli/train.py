@@ -205,7 +205,8 @@ def train_command(
         resume=resume_dir is not None, checkpoint_every=checkpoint_every,
         num_workers=num_workers, cues=cue_table, proposals=store, false_negatives=masking,
         selection_metric=selection_metric,
-        eval_kwargs={"device": device, "cues": cue_backend, "progress": False, "seed": seed},
+        eval_kwargs={"device": device, "cues": cue_backend, "progress": False, "seed": seed,
+                     **model.reference_evaluation},
     )
     try:
         summary = trainer.fit()

@@ -167,6 +167,11 @@ class PCNet(TrainableModel):
         self._warned_missing_cues = False
 
     @property
+    def reference_evaluation(self) -> dict[str, str]:
+        """The official variant: the authors' validate.py answers each ref's first sentence."""
+        return {"sentences": "first"} if self.config["variant"] == "official" else {}
+
+    @property
     def num_cues(self) -> int:
         """Cues each expression needs: the paper's N, or the official variant's K - 1."""
         if self.config["variant"] == "official":

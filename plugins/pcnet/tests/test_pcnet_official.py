@@ -424,3 +424,13 @@ def test_refbench_train_runs_the_official_variant_on_the_authors_files(
     assert all(set(row["losses"]) == {"cls", "shrink", "anchor", "diversify"} for row in steps)
     trained = PCNet.from_checkpoint(run_dir / "last.pt")
     assert trained.config["variant"] == "official" and trained.config["k_iters"] == 3
+
+
+def test_eval_names_the_authors_sentence_mode(tmp_path, installed, checkpoint, data_root,
+                                              capsys) -> None:
+    assert PCNet({"backbone_weights": None, "preset": "small"}).reference_evaluation == {}
+    records, result = run_eval(tmp_path, checkpoint, data_root[0], "runs-all", "--sentences",
+                               "all")
+    assert len(records) == 10 and result["sentences"] == "all"
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: the authors evaluate this model with --sentences first (this run: all)" in out
