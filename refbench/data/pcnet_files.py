@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from refbench.errors import DataError
+from refbench.safe_pickle import restricted_load
 
 REF_ID_MAP_FILE = "umd_2_google_ref.npy"
 
@@ -23,34 +24,6 @@ REF_ID_MAP_FILE = "umd_2_google_ref.npy"
 def candidate_file_name(split_by: str) -> str:
     """``<splitBy>_candidate_2_4_6_8.npy``: the clip-score file of PCNet's SAM masks."""
     return f"{split_by}_candidate_2_4_6_8.npy"
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    core = getattr(np, "_core", None)
-    multiarray = getattr(core, "multiarray", None) if core is not None else None
-    if multiarray is None:  # NumPy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    allowed: dict[tuple[str, str], Any] = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
-        allowed[(module, "scalar")] = multiarray.scalar
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    return allowed
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Admits plain containers, scalars and NumPy arrays; every other global is refused."""
-
-    _allowed: dict[tuple[str, str], Any] | None = None
-
-    def find_class(self, module: str, name: str) -> Any:
-        if _ArrayUnpickler._allowed is None:
-            _ArrayUnpickler._allowed = _numpy_globals()
-        found = _ArrayUnpickler._allowed.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"the pickle references the global {module}.{name}")
-        return found
 
 
 def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -84,7 +57,7 @@ def load_pickled_npy(path: str | Path, what: str) -> Any:
                 np.lib.format.read_array_header_1_0(handle)
             else:
                 np.lib.format.read_array_header_2_0(handle)
-            array = _ArrayUnpickler(handle, encoding="latin1").load()
+            array = restricted_load(handle, allow_numpy=True)
     except pickle.UnpicklingError as error:
         raise DataError(f"refusing to load {what} {path}: {error}") from None
     except (OSError, EOFError, ValueError, TypeError, AttributeError) as error:

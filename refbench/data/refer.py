@@ -24,6 +24,7 @@ from refbench.api import Expression
 from refbench.data.splits import SplitInfo, get_split
 from refbench.errors import ConfigError, DataError
 from refbench.metrics.protocols import GT_OVERLAPS
+from refbench.safe_pickle import restricted_load
 
 DOCS_HINT = "see docs/data.md for the expected data-root layout"
 SENTENCE_MODES = ("all", "first")
@@ -32,24 +33,17 @@ SENTENCE_MODES = ("all", "first")
 # --------------------------------------------------------------------------- pickles
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """An unpickler that admits only plain containers and scalars: every global is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"the pickle references the global {module}.{name}")
-
-
 def safe_load_pickle(path: str | Path) -> Any:
     """Load a pickle holding only dicts, lists, tuples, str, bytes, numbers, bools and None.
 
-    A pickle that references any global (a class, a function such as ``os.system``) is refused
-    with a `DataError` before anything it names is imported or called. Python 2 pickles load:
-    their byte strings are decoded as latin-1.
+    A pickle that references any other global (a class, a function such as ``os.system``) is
+    refused (`refbench.safe_pickle`) with a `DataError` before anything it names is imported
+    or called. Python 2 pickles load: their byte strings are decoded as latin-1.
     """
     path = Path(path)
     try:
         with path.open("rb") as handle:
-            return _PlainUnpickler(handle, encoding="latin1").load()
+            return restricted_load(handle)
     except FileNotFoundError:
         raise DataError(f"missing file {path}; {DOCS_HINT}") from None
     except pickle.UnpicklingError as error:

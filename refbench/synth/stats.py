@@ -28,6 +28,7 @@ import numpy as np
 
 from refbench.data.splits import get_split
 from refbench.errors import ConfigError, DataError
+from refbench.safe_pickle import restricted_load
 from refbench.synth.grammar import TEMPLATES
 from refbench.synth.resolver import load_resolver
 from refbench.synth.variants import variant_of_dataset
@@ -36,28 +37,16 @@ CHANCE_KEYS = ("random_point", "random_object", "shape_only", "colour_shape_only
                "attribute_only")
 _MAX_FALSE_NEGATIVE_PAIRS = 400_000
 
-_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool"}
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Admits only plain containers and scalars."""
-
-    def find_class(self, module: str, name: str):
-        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
-            import builtins
-
-            return getattr(builtins, name)
-        raise DataError(f"refs file refers to {module}.{name}; only plain data is allowed")
-
-
 def load_refs(path: Path) -> list[dict]:
     """The refs of a refer-format pickle, read with a restricted unpickler."""
     try:
         with open(path, "rb") as handle:
-            return _PlainUnpickler(handle).load()
+            return restricted_load(handle)
     except FileNotFoundError:
         raise DataError(f"refs file {path} does not exist") from None
-    except (pickle.UnpicklingError, EOFError) as error:
+    except pickle.UnpicklingError as error:
+        raise DataError(f"refs file {path}: {error}; only plain data is allowed") from None
+    except EOFError as error:
         raise DataError(f"refs file {path} is corrupt ({error})") from None
 
 
