@@ -2,10 +2,12 @@
 
 Layout: ``cache_root()/proposals/<dataset>-<split_by>-<data id>/<backend>-<confighash>/``
 holding ``config.json`` (the backend config and the data identity, written atomically) and
-``proposals.jsonl`` (append-only, one record ``{height, image_id, rles, width}`` per image).
-An in-memory index of byte offsets gives random access by image id; a torn last line (a crash
-mid-write) is dropped and overwritten by the next build, a corrupt record elsewhere is a
-`DataError`.
+``proposals.jsonl`` (append-only, one record ``{height, image_id, rles, sha256, width}`` per
+image). An in-memory index of byte offsets gives random access by image id; a torn last line (a
+crash mid-write) is dropped and overwritten by the next build, a corrupt record elsewhere is a
+`DataError`. ``sha256`` is the SHA-256 of the record's payload (`record_checksum`), checked on
+every read, so damaged RLE strings that still decode are refused rather than scored. Records
+written before checksums existed are read with one warning per store (see docs/proposals.md).
 
 ``<data id>`` is 12 hex digits of the SHA-256 of the refs file and the image table
 (`refbench.data.identity`): a store built from other data with the same data-set name is a
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +56,16 @@ RECORDS_FILE = "proposals.jsonl"
 CONFIG_FILE = "config.json"
 SCORES_FILE = "sentence_scores.npz"
 _IMAGE_ID = re.compile(rb'"image_id":\s*("(?:[^"\\]|\\.)*"|-?\d+)')
+CHECKSUM_FIELD = "sha256"
+_WARNED_UNCHECKED: set[str] = set()
+
+
+def record_checksum(image_id: Any, height: int, width: int, rles: list) -> str:
+    """SHA-256 (hex) of one proposal record's payload: its id, size and RLE strings."""
+    payload = json.dumps({"height": int(height), "image_id": image_id, "rles": list(rles),
+                          "width": int(width)}, sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=True)
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
 
 
 class Dataset(Protocol):
@@ -190,12 +203,36 @@ class ProposalStore:
             record = json.loads(line)
             rles = record["rles"]
             height, width = int(record["height"]), int(record["width"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            checksum = record.get(CHECKSUM_FIELD)
+            expected = record_checksum(record["image_id"], height, width, rles)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise DataError(
                 f"{self.records_path}: the record of image {image_id!r} is corrupt; delete that "
                 f"file and rerun `{self._build_hint}`"
             ) from None
+        if checksum is None:
+            self._warn_unchecked()
+        elif checksum != expected:
+            raise DataError(
+                f"{self.records_path}: the record of image {image_id!r} fails its checksum (its "
+                f"masks were damaged after writing); delete that file and rerun "
+                f"`{self._build_hint}`"
+            )
         return {"image_id": image_id, "height": height, "width": width, "rles": rles}
+
+    def _warn_unchecked(self) -> None:
+        """Warn once per store that it holds records written without a checksum."""
+        key = str(self.records_path)
+        if key in _WARNED_UNCHECKED:
+            return
+        _WARNED_UNCHECKED.add(key)
+        warnings.warn(
+            f"{self.records_path} holds records without checksums (written by an older "
+            f"refbench), so damaged masks cannot be detected; to verify them, delete that file "
+            f"and rerun `{self._build_hint}`",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def load(self, image_id: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Proposals of one image as a bool tensor [P, H, W] (original size, or `size` by nearest).
@@ -325,7 +362,10 @@ class ProposalStore:
             atomic_write_json(config_path, json.loads(json.dumps(wanted, default=str)))
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append whole image records {image_id, height, width, rles} (one flush per call)."""
+        """Append whole image records {image_id, height, width, rles} (one flush per call); each
+        is written with its `record_checksum`."""
+        records = [{**r, CHECKSUM_FIELD: record_checksum(r["image_id"], r["height"], r["width"],
+                                                         r["rles"])} for r in records]
         self._prepare()
         self._refresh()
         if self.records_path.exists() and self.records_path.stat().st_size > self._valid_bytes:
