@@ -1,15 +1,21 @@
 """Small file helpers every part of refbench shares: atomic writes, JSON lines, the cache root.
 
 Writes that a later run depends on go through `atomic_write_*` (temp file in the same folder,
-fsync, rename), so a crash never leaves a half-written file behind.
+fsync, rename), so a crash never leaves a half-written file behind; the temp file is removed
+when the write fails, and one left by a killed process is removed by the next process that
+holds the folder's lock (`remove_stale_temp_files`). A full disk (or quota) is a
+`DiskFullError` naming the file, never a partial file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +24,28 @@ from typing import Any, BinaryIO
 from refbench.errors import DataError, OutputError
 
 CACHE_ENV = "REFBENCH_CACHE"
+TEMP_SUFFIX = ".tmp"  # atomic writes use ``.<name>.<random>.tmp`` beside the target
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(OutputError):
+    """A write that ran out of disk space or quota; nothing partial was left behind."""
+
+
+def disk_full_error(error: OSError, path: str | Path) -> DiskFullError | None:
+    """The `DiskFullError` for `error` when it is ENOSPC or EDQUOT while writing `path`."""
+    if error.errno not in _DISK_FULL:
+        return None
+    what = "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+    return DiskFullError(
+        f"{what} while writing {path}; nothing partial was kept: free space and rerun the same "
+        "command, which resumes where it stopped"
+    )
+
+
+def print_note(message: str) -> None:
+    """One line on stderr for something the user should know but that is not an error."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def cache_root() -> Path:
@@ -49,17 +77,43 @@ def atomic_writer(path: str | Path, what: str = "output folder") -> Iterator[Bin
     """
     path = Path(path)
     ensure_dir(path.parent, what)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise disk_full_error(error, path) or error from None
+    replaced = False
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        replaced = True
+    except OSError as error:
+        full = disk_full_error(error, path)
+        if full is None:
+            raise
+        raise full from None
+    finally:
+        if not replaced:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temp files of atomic writes under `folder` (not below it); return them.
+
+    Only call this while holding the folder's lock: then no live writer owns any of them.
+    """
+    folder = Path(folder)
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -89,12 +143,27 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 
 def append_jsonl(handle, records: Iterable[dict[str, Any]]) -> None:
-    """Append whole lines to an open text handle, then flush and fsync (one batch at a time)."""
+    """Append whole lines to an open handle, then fsync (one batch at a time).
+
+    The lines bypass the handle's buffer; a failed write (a full disk) is cut back off the
+    file, so it never ends in a partial batch, and a full disk is a `DiskFullError`.
+    """
     text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
-    if text:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    if not text:
+        return
+    data = memoryview(text.encode("utf-8"))
+    handle.flush()
+    fd = handle.fileno()
+    start = os.fstat(fd).st_size
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        raise disk_full_error(error, getattr(handle, "name", "a JSON-lines file")) or error from None
 
 
 def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
@@ -128,21 +197,98 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     return records, good
 
 
+class FileLock:
+    """An exclusive ``flock`` on a lock file, held until `release` (or the process ends).
+
+    The holder writes ``pid@host`` into the file so that a refused process can name it; the
+    kernel drops the lock when the holder dies, so a lock is never stale.
+    """
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self._handle = handle
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._handle is None:
+            return
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def try_lock(path: str | Path) -> FileLock | None:
+    """Take the exclusive lock at `path` (creating the file), or None if a live process holds it."""
+    path = Path(path)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    with contextlib.suppress(OSError):
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}@{socket.gethostname()}\n")
+        handle.flush()
+    return FileLock(path, handle)
+
+
+def lock_holder(path: str | Path) -> str:
+    """Who holds the lock at `path`, as it wrote itself (``pid 123 on host``), for messages."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, host = text.partition("@")
+    if not pid.isdigit():
+        return "pid unknown"
+    return f"pid {pid} on {host}" if host else f"pid {pid}"
+
+
+def lock_is_held(path: str | Path) -> bool:
+    """Whether a live process holds the lock at `path` (never creates the file)."""
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def acquire_lock(path: str | Path, what: str = "this folder") -> FileLock:
+    """Take the exclusive lock at `path`; a live holder makes it an `OutputError` naming it."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    lock = try_lock(path)
+    if lock is None:
+        raise OutputError(
+            f"another refbench process is using {what} ({lock_holder(path)}, lock {path}); "
+            "wait for it to finish"
+        )
+    return lock
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path, what: str = "this folder") -> Iterator[None]:
     """Hold an exclusive lock file; a second holder fails at once with a clear message."""
-    path = Path(path)
-    ensure_dir(path.parent)
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(
-                f"another refbench process is using {what} (lock {path}); wait for it to finish"
-            ) from None
+    with acquire_lock(path, what):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        handle.close()

@@ -21,12 +21,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from refbench.api import Batch, Expression, RISModel, file_sha256
+from refbench.api import Batch, Expression, Prediction, RISModel, file_sha256
 from refbench.data.transforms import ModelImageTransform
-from refbench.errors import ConfigError, RefbenchError
+from refbench.errors import ConfigError, PredictionError, RefbenchError
 from refbench.eval import distributed
-from refbench.eval.provenance import environment
-from refbench.eval.run_folder import METRICS_FILE, PREDICTIONS_FILE, open_run
+from refbench.eval.provenance import environment, model_distribution
+from refbench.eval.run_folder import (
+    MAPS_FOLDER,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RunFolder,
+    open_run,
+)
 from refbench.io import append_jsonl, atomic_write_json, atomic_writer, read_jsonl
 from refbench.metrics.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 
@@ -204,9 +210,6 @@ class Scorer:
                 records.append(record)
             start = stop
         return records
-
-
-MAPS_FOLDER = "maps"
 
 
 def save_response_maps(folder: Path, prediction: Any, metas: list[dict[str, Any]]) -> None:
@@ -431,38 +434,67 @@ def _evaluate(
         chance=_chance(dataset) if ctx.is_main else None,
     )
 
-    # Rank 0 owns the folder: it opens it and reads what is done; the others follow.
-    folder: Path | None = None
-    fresh = False
-    done: set[str] = set()
+    # Rank 0 owns the folder: it opens and locks it and reads what is done; the others follow.
+    run: RunFolder | None = None
+    opened: tuple[str | None, set[str], str | None] = (None, set(), None)
     if ctx.is_main:
         env = environment(
             model_name=model.name, device=device, seed=seed, world_size=ctx.world_size
         )
-        folder, resumed = open_run(out_dir, config, env, resume_dir=run_dir, resume=resume)
-        fresh = not resumed
-        done = _finished_keys(folder / PREDICTIONS_FILE)
-    done = distributed.broadcast(done, ctx)
-    folder = Path(distributed.broadcast(str(folder) if folder else None, ctx))
+        try:
+            run = open_run(out_dir, config, env, resume_dir=run_dir, resume=resume)
+            try:
+                opened = (str(run.path), _finished_keys(run.path / PREDICTIONS_FILE), None)
+            except BaseException:
+                run.release()
+                run = None
+                raise
+        except RefbenchError as error:
+            if not ctx.active:
+                raise
+            opened = (None, set(), str(error))
+    folder_name, done, refusal = distributed.broadcast(opened, ctx)
+    if refusal is not None:
+        raise RefbenchError(refusal)  # every rank stops with rank 0's one-line reason
+    folder = Path(folder_name)
+    try:
+        return _run_in_folder(
+            model, dataset, ctx, folder, config, groups, done, templates, proposal_store,
+            fresh=run is not None and not run.resumed, protocol=protocol,
+            batch_size=batch_size, device=device, num_workers=num_workers, save_masks=save_masks,
+            progress=progress, save_maps=save_maps,
+        )
+    finally:
+        if run is not None:
+            run.release()
 
-    pending = [
-        (image_id, [e for e in groups[image_id] if e.key not in done]) for image_id in groups
-    ]
-    pending = [(image_id, exprs) for image_id, exprs in pending if exprs]
-    total_pending = sum(len(exprs) for _, exprs in pending)
-    mine = distributed.shard(pending, ctx)
 
-    model = model.to(device).eval()
-    loader = DataLoader(
-        ImageGroups(dataset, mine, ModelImageTransform.for_model(model.config), proposal_store,
-                    protocol),
-        batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_groups, persistent_workers=False,
-    )
-    steps = distributed.max_over_ranks(len(loader), ctx)
-    scorer = Scorer(protocol, save_masks, templates)
+def _run_in_folder(
+    model: RISModel, dataset: Any, ctx: distributed.DistContext, folder: Path,
+    config: dict[str, Any], groups: dict[int, list[Expression]], done: set[str],
+    templates: dict[str, str], proposal_store: Any, *, fresh: bool, protocol: str,
+    batch_size: int, device: str, num_workers: int, save_masks: bool, progress: bool,
+    save_maps: bool,
+) -> dict[str, Any]:
+    """Score what `folder` does not hold yet, then write its metrics (rank 0 holds its lock)."""
     written = 0
     try:
+        pending = [
+            (image_id, [e for e in groups[image_id] if e.key not in done]) for image_id in groups
+        ]
+        pending = [(image_id, exprs) for image_id, exprs in pending if exprs]
+        total_pending = sum(len(exprs) for _, exprs in pending)
+        mine = distributed.shard(pending, ctx)
+
+        model = model.to(device).eval()
+        loader = DataLoader(
+            ImageGroups(dataset, mine, ModelImageTransform.for_model(model.config),
+                        proposal_store, protocol),
+            batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            collate_fn=collate_groups, persistent_workers=False,
+        )
+        steps = distributed.max_over_ranks(len(loader), ctx)
+        scorer = Scorer(protocol, save_masks, templates)
         with _progress(progress and ctx.is_main, total_pending) as advance:
             handle = open(folder / PREDICTIONS_FILE, "a", encoding="utf-8") if ctx.is_main else None
             try:
@@ -477,7 +509,7 @@ def _evaluate(
                         batch = batch.to(device)
                         with torch.inference_mode():
                             prediction = model.predict(batch)
-                        prediction.check(batch)
+                        check_prediction(prediction, batch, model)
                         records = scorer(prediction, metas)
                         if save_maps:
                             save_response_maps(folder / MAPS_FOLDER, prediction, metas)
@@ -489,18 +521,65 @@ def _evaluate(
             finally:
                 if handle is not None:
                     handle.close()
+        result: dict[str, Any] | None = None
+        if ctx.is_main:
+            records, _ = read_jsonl(folder / PREDICTIONS_FILE)
+            result = compute_metrics(records, config)
+            atomic_write_json(folder / METRICS_FILE, result)
     except BaseException as error:
         if ctx.is_main:
             _after_failure(folder, fresh, written + len(done), error)
         raise
-
-    result: dict[str, Any] | None = None
-    if ctx.is_main:
-        records, _ = read_jsonl(folder / PREDICTIONS_FILE)
-        result = compute_metrics(records, config)
-        atomic_write_json(folder / METRICS_FILE, result)
     result = distributed.broadcast(result, ctx)
     return {**result, "run_dir": str(folder)}
+
+
+PREDICTION_CONTRACT = (
+    "a refbench.api.Prediction whose response_maps is a float tensor [E, S, S], one map per "
+    "expression of the batch"
+)
+
+
+def check_prediction(prediction: Any, batch: Batch, model: RISModel) -> None:
+    """Raise `PredictionError`, naming the model and its distribution, unless `prediction`
+    keeps the plugin contract (`Prediction` of tensors, shapes matching `batch`, finite)."""
+    problem = None
+    if not isinstance(prediction, Prediction):
+        problem = f"predict returned {_kind(prediction)}"
+    else:
+        for field in ("response_maps", "stage_maps", "masks"):
+            value = getattr(prediction, field)
+            if (field == "response_maps" or value is not None) and not isinstance(
+                value, torch.Tensor
+            ):
+                problem = f"predict returned a Prediction whose {field} is {_kind(value)}"
+                break
+    if problem is None:
+        try:
+            prediction.check(batch)
+            return
+        except PredictionError as error:
+            raise PredictionError(f"model {_model_origin(model)}: {error}") from None
+    raise PredictionError(
+        f"model {_model_origin(model)}: {problem}; the plugin contract is {PREDICTION_CONTRACT} "
+        f"(E = {len(batch.flat_expressions)} here)"
+    )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, np.ndarray):
+        return f"a NumPy array of shape {tuple(value.shape)}"
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _model_origin(model: RISModel) -> str:
+    name = getattr(model, "name", None) or type(model).__name__
+    origin = model_distribution(str(name))
+    if origin is None:
+        return f"{name!r} ({type(model).__module__}.{type(model).__qualname__})"
+    return f"{name!r} (distribution {origin['name']} {origin['version']})"
 
 
 def _finished_keys(path: Path) -> set[str]:
