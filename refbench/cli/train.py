@@ -33,7 +33,10 @@ def read_config_file(path: str | None) -> dict[str, Any]:
 
 
 def find_resume_dir(out_root: Path, model: str, split: str, resume: str) -> Path:
-    """The run folder to continue: `resume` itself, or the newest one holding a checkpoint."""
+    """The run folder to continue: `resume` itself, or the newest training run of `model` on
+    `split`, which must hold a checkpoint (an older one is never picked silently)."""
+    from refbench.io import lock_holder, lock_is_held
+
     if resume != "latest":
         path = Path(resume)
         folder = path.parent if path.is_file() else path
@@ -44,13 +47,33 @@ def find_resume_dir(out_root: Path, model: str, split: str, resume: str) -> Path
             )
         return folder
     parent = out_root / model / split
-    runs = sorted(p for p in parent.glob("*") if (p / CHECKPOINT_NAME).is_file())
+    runs = sorted(
+        p for p in parent.glob("*")
+        if not p.name.startswith(".")
+        and ((p / CHECKPOINT_NAME).is_file() or (p / "config.json").is_file())
+    )
     if not runs:
         raise CheckpointError(
             f"--resume: no training run of {model} on {split} with a {CHECKPOINT_NAME} under "
             f"{parent}; run without --resume to start one"
         )
-    return runs[-1]
+    newest = runs[-1]
+    if (newest / CHECKPOINT_NAME).is_file():
+        return newest
+    older = next((p for p in reversed(runs) if (p / CHECKPOINT_NAME).is_file()), None)
+    other = f", or continue an older run with --resume {older}" if older else ""
+    lock = newest / ".train.lock"
+    if lock_is_held(lock):
+        raise CheckpointError(
+            f"--resume: the newest training run of {model} on {split}, {newest}, is still "
+            f"being trained ({lock_holder(lock)}) and has no {CHECKPOINT_NAME} yet; wait for "
+            f"it{other}"
+        )
+    raise CheckpointError(
+        f"--resume: the newest training run of {model} on {split}, {newest}, has no "
+        f"{CHECKPOINT_NAME} (it stopped before its first checkpoint); start a new run without "
+        f"--resume{other}"
+    )
 
 
 def ensure_proposals(dataset: Any, backend: str | None, num_proposals: int) -> tuple[str, Any]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refbench.errors import DataError
-from refbench.io import read_json, read_jsonl
+from refbench.io import lock_holder, lock_is_held, print_note, read_json, read_jsonl
+
+EVAL_LOCK_FILE = ".eval.lock"  # refbench.eval.run_folder.LOCK_FILE (not imported: no torch here)
+# Files only a training run folder holds (refbench train); its val/ runs are eval runs.
+TRAINING_FILES = ("train_summary.json", "train_log.jsonl", "last.pt", ".train.lock")
 
 
 @dataclass
@@ -92,8 +97,36 @@ def load_run(path: str | Path) -> Run:
     return Run(path=path, config=config, env=env, metrics=metrics)
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run folder at or below `paths` (a folder holding config.json is a run), by path."""
+def skip_reason(path: str | Path) -> str | None:
+    """Why a folder holding config.json is not a run to tabulate, or None when it is one.
+
+    Training runs, evals a live process is still writing, and incomplete folders holding no
+    predictions (killed or refused before their first batch) are skipped; an unfinished eval
+    with predictions is not skipped (`load_run` says how to finish it).
+    """
+    path = Path(path)
+    if (path / "metrics.json").is_file():
+        return None
+    if any((path / name).exists() for name in TRAINING_FILES):
+        return "a training run, not an eval run (its validation runs are under val/)"
+    lock = path / EVAL_LOCK_FILE
+    if lock_is_held(lock):
+        return f"an eval still being written ({lock_holder(lock)})"
+    predictions = path / "predictions.jsonl"
+    if not predictions.is_file() or predictions.stat().st_size == 0:
+        return ("an incomplete eval run holding no predictions (stopped before its first "
+                "batch); delete it, or finish it with `refbench eval ... --resume` on it")
+    return None
+
+
+def find_runs(
+    paths: list[str | Path], on_skip: Callable[[str], None] | None = print_note
+) -> list[Run]:
+    """Every run folder at or below `paths` (a folder holding config.json is a run), by path.
+
+    Folders `skip_reason` rejects are left out with one line each through `on_skip`; hidden
+    folders (a run folder still being created) are never searched.
+    """
     found: dict[Path, None] = {}
     for given in paths:
         root = Path(given)
@@ -102,9 +135,24 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         if (root / "config.json").is_file():
             found[root] = None
             continue
-        folders = sorted(p.parent for p in root.rglob("config.json"))
+        folders = sorted(
+            p.parent for p in root.rglob("config.json")
+            if not any(part.startswith(".") for part in p.parent.relative_to(root).parts)
+        )
         if not folders:
             raise DataError(f"no run folders (with config.json) under {root}; see docs/runs.md")
         for folder in folders:
             found[folder] = None
-    return [load_run(path) for path in found]
+    runs = []
+    for path in found:
+        reason = skip_reason(path)
+        if reason is None:
+            runs.append(load_run(path))
+        elif on_skip is not None:
+            on_skip(f"skipped {path}: {reason}")
+    if not runs:
+        raise DataError(
+            f"no finished eval runs among {', '.join(str(p) for p in paths)} (every folder found "
+            "was skipped); run `refbench eval` first"
+        )
+    return runs
