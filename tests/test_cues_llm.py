@@ -150,7 +150,7 @@ def test_unparseable_answer_is_retried_then_falls_back(server, tmp_path) -> None
     url, state = server
     data = FakeDataset(["garbage man in red shirt", "flaky dog on bed", "good cat"])
     cues = build_cues(data, backend(url, parse_retries=1), k=5, cache_dir=tmp_path,
-                      progress=False)
+                      progress=False, max_fallback=0.5)
     assert len(state.calls["garbage man in red shirt"]) == 2  # asked, re-asked, then fallback
     assert len(state.calls["flaky dog on bed"]) == 2
     lines = [json.loads(line) for path in tmp_path.rglob("*.jsonl")
