@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -149,6 +150,101 @@ def merge_config(
     return merged
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _config_fail(owner: str, key: str, value: Any, why: str) -> ConfigError:
+    fix = "" if "--set" in why else f"; fix it with --set {key}=..."
+    return ConfigError(f"{owner} config {key}={value!r}: {why}{fix}")
+
+
+def validate_base_config(config: Mapping[str, Any], owner: str = "model") -> None:
+    """Raise a one-line `ConfigError` naming the key when an image-preparation key is unusable.
+
+    ``input_size`` a positive integer; ``mean`` three numbers in [0, 1] and ``std`` three
+    positive numbers (the 0-1 pixel scale); ``resize`` "torch" or "pil"; ``num_cues`` >= 0.
+    """
+    from refbench.data.transforms import RESIZE_MODES
+
+    if "input_size" in config:
+        value = config["input_size"]
+        if not (_is_int(value) and value >= 1):
+            raise _config_fail(owner, "input_size", value, "must be a positive integer, e.g. 320")
+    for key in ("mean", "std"):
+        if key not in config:
+            continue
+        value = config[key]
+        numbers = isinstance(value, list | tuple) and all(_is_number(v) for v in value)
+        if not (numbers and len(value) == 3):
+            raise _config_fail(
+                owner, key, value,
+                f"must be three numbers, one per RGB channel; quote the list: "
+                f"--set '{key}=[0.5,0.5,0.5]'",
+            )
+        if key == "mean" and not all(0.0 <= v <= 1.0 for v in value):
+            raise _config_fail(owner, key, value, "each channel must be in [0, 1] (images are "
+                               "scaled to 0-1 before normalising; divide 0-255 values by 255)")
+        if key == "std" and not all(v > 0 for v in value):
+            raise _config_fail(owner, key, value, "each channel must be positive")
+    if "resize" in config and config["resize"] not in RESIZE_MODES:
+        raise _config_fail(owner, "resize", config["resize"],
+                           f"choose one of {', '.join(RESIZE_MODES)}")
+    if "num_cues" in config and not (_is_int(config["num_cues"]) and config["num_cues"] >= 0):
+        raise _config_fail(owner, "num_cues", config["num_cues"], "must be an integer >= 0")
+
+
+# Training recipe keys: (kind, lower bound, lower bound allowed, None allowed).
+_RECIPE_RULES: dict[str, tuple[str, float, bool, bool]] = {
+    "lr": ("number", 0.0, False, False),
+    "backbone_lr_scale": ("number", 0.0, True, False),
+    "weight_decay": ("number", 0.0, True, False),
+    "batch_size": ("int", 1, True, False),
+    "epochs": ("int", 1, True, False),
+    "poly_power": ("number", 0.0, False, False),
+    "warmup_steps": ("int", 0, True, False),
+    "grad_clip": ("number", 0.0, True, True),
+    "num_proposals": ("int", 0, True, False),
+    "num_distinct": ("int", 0, True, False),
+}
+
+
+def validate_training_config(
+    config: Mapping[str, Any], owner: str = "model", total_steps: int | None = None
+) -> None:
+    """Raise a one-line `ConfigError` naming the key when a training-recipe value is unusable.
+
+    ``lr`` and ``poly_power`` positive numbers; ``weight_decay``, ``backbone_lr_scale`` and
+    ``grad_clip`` numbers >= 0 (``grad_clip`` may be null: off); ``epochs`` and ``batch_size``
+    integers >= 1; ``warmup_steps``, ``num_proposals`` and ``num_distinct`` integers >= 0, and
+    ``warmup_steps`` below `total_steps` when the run's step count is known.
+    """
+    for key, (kind, low, inclusive, nullable) in _RECIPE_RULES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if value is None and nullable:
+            continue
+        typed = _is_int(value) if kind == "int" else _is_number(value)
+        in_range = typed and (value >= low if inclusive else value > low)
+        if not in_range:
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            noun = "an integer" if kind == "int" else "a number"
+            raise _config_fail(owner, key, value, f"must be {noun} {bound}")
+    if total_steps is not None and "warmup_steps" in config:
+        warmup = config["warmup_steps"]
+        if warmup >= total_steps:
+            raise ConfigError(
+                f"{owner} config warmup_steps={warmup} is not shorter than the run's "
+                f"{total_steps} steps (epochs x batches per epoch); lower it with --set "
+                f"warmup_steps=N (N < {total_steps}) or train longer"
+            )
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, for provenance of checkpoints and weights."""
     digest = hashlib.sha256()
@@ -176,6 +272,23 @@ class RISModel(nn.Module):
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.config = merge_config(self.default_config(), config, f"model {self.name!r}")
+        self.validate_config(self.config)
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """Raise a one-line `ConfigError` for a harness-read key with an unusable value."""
+        validate_base_config(config, f"model {cls.name!r}")
+
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The config `from_config(overrides)` would hold, checked, without building anything.
+
+        The default merges `overrides` into `default_config`; a plugin whose presets or
+        variants fill in keys overrides this to apply them the way its constructor does.
+        """
+        config = merge_config(cls.default_config(), overrides, f"model {cls.name!r}")
+        cls.validate_config(config)
+        return config
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -338,6 +451,12 @@ class TrainableModel(RISModel):
             }
         )
         return config
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """The base keys' checks plus the training recipe's (`validate_training_config`)."""
+        super().validate_config(config)
+        validate_training_config(config, f"model {cls.name!r}")
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
         """Named scalar losses for one training batch."""

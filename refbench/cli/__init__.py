@@ -1,11 +1,14 @@
 """The ``refbench`` command line: a click group whose subcommands load on first use.
 
 Each subcommand lives in its own module here; `COMMANDS` maps its name to ``module:object``.
-A `RefbenchError` becomes a one-line message on stderr and exit code 2.
+A `RefbenchError`, a usage mistake and a full disk become a one-line message on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
 import importlib
 import importlib.util
 import sys
@@ -14,6 +17,9 @@ from collections.abc import Mapping
 import click
 
 from refbench.errors import RefbenchError
+
+# Errors of a full disk or an exhausted quota: one line, not a traceback.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # name -> "module:attribute" (relative to refbench.cli); imported only when used.
 COMMANDS: dict[str, str] = {
@@ -58,6 +64,20 @@ class LazyGroup(click.Group):
         module_name = f"refbench.cli.{target.split(':')[0]}"
         return module_name if importlib.util.find_spec(module_name) is not None else None
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, with "Did you mean" naming the closest subcommands of a misspelt one."""
+        name = click.utils.make_str(args[0])
+        if self.get_command(ctx, name) is None and not name.startswith("-"):
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise click.UsageError(
+                f"no such command {name!r}.{hint} Commands: {', '.join(self.list_commands(ctx))}",
+                ctx,
+            )
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module_name = self._module_of(name)
         if module_name is None:
@@ -72,8 +92,22 @@ def cli() -> None:
     """refbench: benchmark weakly-supervised referring image segmentation."""
 
 
+def _usage_line(error: click.UsageError) -> str:
+    """A click usage error as one line naming the command whose --help tells more."""
+    where = error.ctx.command_path if error.ctx is not None else "refbench"
+    return f"error: {error.format_message()} (see `{where} --help`)"
+
+
+def _disk_full_line(error: OSError) -> str:
+    """An out-of-space OSError as one line: what ran out, and that a rerun resumes."""
+    what = f"writing {error.filename}" if error.filename else "writing"
+    reason = "disk quota exceeded" if error.errno == errno.EDQUOT else "no space left on device"
+    return (f"error: {reason} while {what}; free space and rerun the same command: it "
+            "resumes")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors exit 2 with one line, interrupts exit 130."""
+    """Run the CLI; user errors (and a full disk) exit 2 with one line, interrupts exit 130."""
     try:
         result = cli.main(args=argv, prog_name="refbench", standalone_mode=False)
     except RefbenchError as error:
@@ -82,14 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as error:
+        click.echo(_usage_line(error), err=True)
+        return error.exit_code
     except click.ClickException as error:
         error.show()
         return error.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        click.echo(_disk_full_line(error), err=True)
+        return 2
     return result if isinstance(result, int) else 0
-
 
 
 def run() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,47 @@ METRIC_ORDER = (
 )
 
 
+# A value that starts like JSON (a number, list, object or quoted string) must be JSON.
+_JSON_START = re.compile(r'[\[{"\-+.0-9]')
+
+SET_HELP = (
+    "Model config override KEY=VALUE; repeatable. VALUE is JSON (320, 1e-4, true, null, "
+    "'[0.5,0.5,0.5]'); a bare word such as small is taken as a string. Quote lists for the "
+    "shell: --set 'mean=[0.5,0.5,0.5]'."
+)
+
+
 def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs -> dict; values are parsed as JSON, else kept as strings."""
+    """``KEY=VALUE`` pairs -> dict; values are JSON, and a bare word (``small``) is a string.
+
+    A value that starts like JSON (digit, sign, ``[``, ``{``, ``"``) but is not valid JSON is a
+    `ConfigError` naming the key and showing how to quote it.
+    """
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {pair!r} is not KEY=VALUE; write e.g. --set input_size=448")
         try:
             overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+        except json.JSONDecodeError as error:
+            if raw.strip() and not _JSON_START.match(raw.strip()):
+                overrides[key] = raw  # a bare word: a string
+                continue
+            raise ConfigError(
+                f"--set {key}={raw}: the value is not valid JSON ({error.msg} at character "
+                f"{error.pos}); write numbers as 448 or 1e-4, lists quoted for the shell as "
+                f"--set '{key}=[0.5,0.5,0.5]', strings as a bare word or --set '{key}=\"text\"'"
+            ) from None
     return overrides
+
+
+def check_overrides(cls: Any, overrides: dict[str, Any]) -> None:
+    """Refuse unknown keys and badly typed values of `overrides` before anything is built."""
+    from refbench.api import merge_config
+
+    cls.validate_config(merge_config(cls.default_config(), overrides, f"model {cls.name!r}"))
 
 
 def open_dataset(split: str, data_root: str | None) -> Any:
@@ -108,8 +138,10 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
               help="A checkpoint of this model: refbench's, or the authors' file where the plugin reads it (tris).")
 @click.option("--protocol", default="tris", show_default=True, help="tris or sag.")
 @click.option("--sentences", default="all", show_default=True, help="all or first.")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per batch.")
-@click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader workers.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Images per batch.")
+@click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader workers.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--out", "out_dir", default="runs", show_default=True, help="Runs root folder.")
 @click.option("--resume", "resume_dir", default=None, help="Continue this unfinished run folder.")
@@ -119,8 +151,7 @@ def print_result(console: Any, result: dict[str, Any]) -> None:
 @click.option("--proposals", default=None, help="Proposal backend for Segmentor/Oracle rows.")
 @click.option("--cues", default=None, help="Cue backend for models that read cues.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
-@click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Model config override (JSON value); repeatable.")
+@click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--allow-random-weights", is_flag=True,
               help="Let a model without its pretrained weights run on random ones.")
 def eval_command(
@@ -140,10 +171,11 @@ def eval_command(
     get_split(split)
     get_protocol(protocol)
     check_sentence_mode(sentences)
-    if batch_size < 1 or num_workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
     check_device(device)
     overrides = parse_overrides(set_pairs)
+    from refbench.registry import get_model_class
+
+    check_overrides(get_model_class(model_name), overrides)
     if resume_dir is None:
         _check_writable(out_dir)
     model = build_model(model_name, checkpoint, overrides, allow_random_weights)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from refbench.cli.eval import SET_HELP
 from refbench.cli.options import data_root_option
 from refbench.errors import CheckpointError, ConfigError, DataError
 
@@ -109,6 +110,20 @@ def false_negative_mask(dataset: Any) -> Any:
     return fits
 
 
+def check_training_length(
+    dataset: Any, config: dict[str, Any], model_name: str, seed: int, world_size: int
+) -> int:
+    """The run's total steps; a batch larger than the split or a warm-up not shorter than the
+    run is a one-line `ConfigError`. Builds nothing."""
+    from refbench.api import validate_training_config
+    from refbench.train.sampler import TrainingSampler
+
+    sampler = TrainingSampler.for_model(dataset, config, seed=seed, world_size=world_size)
+    total_steps = len(sampler) * int(config["epochs"])
+    validate_training_config(config, f"model {model_name!r}", total_steps=total_steps)
+    return total_steps
+
+
 @click.command("train")
 @click.option("--model", "model_name", required=True, help="Registered model name (refbench list).")
 @click.option("--split", required=True, help="Training split id, e.g. refcocog-train-g.")
@@ -116,9 +131,10 @@ def false_negative_mask(dataset: Any) -> Any:
 @data_root_option
 @click.option("--config", "config_file", default=None, help="JSON file of model config keys.")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Model config override (JSON value); repeatable; applied after --config.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the model config's).")
-@click.option("--batch-size", type=int, default=None,
+              help=SET_HELP + " Applied after --config.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs (default: the model config's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Items per global batch: distinct images, or refs for models sampling refs.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out_dir", default="runs/train", show_default=True, help="Runs root.")
@@ -130,8 +146,9 @@ def false_negative_mask(dataset: Any) -> Any:
               help="Proposal backend (models that train with proposals).")
 @click.option("--mask-false-negatives", is_flag=True,
               help="SynthRef: do not use an expression as a negative for images it also fits.")
-@click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True,
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader workers.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True,
               help="Also write last.pt every N steps.")
 @click.option("--metric", "selection_metric", default=None,
               help="Validation metric that picks best.pt (higher is better; default: the "
@@ -155,10 +172,10 @@ def train_command(
     from refbench.eval.run_folder import create_run_dir, note_resume
     from refbench.io import atomic_write_json
     from refbench.registry import get_model_class
-    from refbench.train.sampler import TrainingSampler
-    from refbench.train.trainer import Trainer, resolve_selection_metric
+    from refbench.train.trainer import Trainer, resolve_selection_metric, seed_training
 
-    # Cheap checks first: a mistake costs nothing and leaves nothing behind.
+    # Cheap checks first: a mistake costs nothing and leaves nothing behind (no model is
+    # built, no cache, no run folder until every setting has been checked).
     get_split(split)
     if val_split is not None:
         get_split(val_split)
@@ -171,16 +188,22 @@ def train_command(
         overrides["epochs"] = epochs
     if batch_size is not None:
         overrides["batch_size"] = batch_size
-    model = cls.from_config(overrides)
-    selection_metric = resolve_selection_metric(model.config, selection_metric)
+    resolved = cls.resolve_config(overrides)  # every key checked, nothing built
+    selection_metric = resolve_selection_metric(resolved, selection_metric)
     out_root = Path(out_dir)
     resume_dir = find_resume_dir(out_root, model_name, split, resume) if resume else None
 
     dataset = open_dataset(split, data_root)
     val_dataset = open_dataset(val_split, data_root) if val_split else None
     ctx = distributed.setup(device)
-    # batch size vs the population (images or refs, as the trainer samples), before any cache
-    TrainingSampler.for_model(dataset, model.config, seed=seed, world_size=ctx.world_size)
+    # batch size vs the population (images or refs, as the trainer samples) and warm-up vs the
+    # run's length, before any model or cache
+    check_training_length(dataset, resolved, model_name, seed, ctx.world_size)
+    seed_training(seed)  # the model's initial weights follow from --seed
+    model = cls.from_config(overrides)
+    if model.config != resolved:  # a plugin that fills keys in its constructor only
+        check_training_length(dataset, model.config, model_name, seed, ctx.world_size)
+        selection_metric = resolve_selection_metric(model.config, selection_metric)
 
     cue_table = None
     if model.num_cues:

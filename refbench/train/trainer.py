@@ -21,17 +21,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from refbench.api import TrainableModel
+from refbench.api import TrainableModel, validate_training_config
 from refbench.data.transforms import ModelImageTransform
 from refbench.errors import CheckpointError, ConfigError, DataError
 from refbench.io import append_jsonl, atomic_write_text, ensure_dir, exclusive_lock, read_jsonl
@@ -57,6 +59,26 @@ def resolve_selection_metric(config: Mapping[str, Any], metric: str | None = Non
     if metric is not None:
         return metric
     return str(config.get("selection_metric", DEFAULT_SELECTION_METRIC))
+
+
+def seed_training(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device too) from `seed`.
+
+    Called before a model is built, so its initial weights follow from the seed, and by
+    `Trainer.fit` before the first step of a new run, so the random numbers training draws do
+    not depend on what ran in between (a cache built or read).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device as well
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker's NumPy and Python generators from its torch seed (which the
+    loader's generator fixes), so augmentations drawn in workers repeat with the seed."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
 
 
 class TrainingStepModule(nn.Module):
@@ -125,10 +147,13 @@ class Trainer:
             )
         self.model = model
         self.config = model.config
-        self.epochs = int(epochs if epochs is not None else self.config["epochs"])
-        self.batch_size = int(batch_size if batch_size is not None else self.config["batch_size"])
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        recipe = {**self.config, "epochs": epochs if epochs is not None else self.config["epochs"],
+                  "batch_size": batch_size if batch_size is not None else self.config["batch_size"]}
+        validate_training_config(recipe, f"model {model.name!r}")
+        self.epochs = int(recipe["epochs"])
+        self.batch_size = int(recipe["batch_size"])
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")
         self.seed = int(seed)
         self.out_dir = Path(out_dir)
         self.log_every = max(1, int(log_every))
@@ -200,9 +225,11 @@ class Trainer:
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             generator=self._loader_generator,  # keeps the global RNG untouched by the loader
+            worker_init_fn=_seed_worker,
         )
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = self.steps_per_epoch * self.epochs
+        validate_training_config(recipe, f"model {model.name!r}", total_steps=self.total_steps)
 
         settings = {
             "model_config": dict(self.config),
@@ -443,6 +470,8 @@ class Trainer:
                 log_path.unlink(missing_ok=True)
         if self._rng_to_restore is not None:
             restore_rng(self._rng_to_restore)
+        elif self.step == 0:
+            seed_training(self.seed)
         self.model.train()
         stopped = False
         progress = Progress(

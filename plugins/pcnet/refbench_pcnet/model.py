@@ -112,6 +112,16 @@ class PCNet(TrainableModel):
         """The SynthRef/CPU preset: small CLIP config, random init, 96 px, stride 4, C = 64."""
         return preset_defaults(cls.default_config(), "small")
 
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The variant's and preset's values, then `overrides`, checked; nothing is built."""
+        chosen = super().resolve_config(overrides)  # rejects unknown keys and bad types
+        defaults = preset_defaults(cls.default_config(), chosen["preset"], chosen["variant"])
+        config = merge_config(defaults, overrides, f"model {cls.name!r}")
+        cls.validate_config(config)
+        validate(config)
+        return config
+
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)  # rejects unknown keys
         defaults = preset_defaults(

@@ -204,6 +204,13 @@ class TRIS(TrainableModel):
         )
         return config
 
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The variant's and preset's values, then `overrides`, checked; nothing is built."""
+        config = super().resolve_config(resolve_variant(dict(overrides or {})))
+        check_config(config)
+        return config
+
     def __init__(
         self, config: Mapping[str, Any] | None = None, *, load_pretrained: bool = True
     ) -> None:
