@@ -8,7 +8,8 @@ import is reported with its distribution and error while the others keep working
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import importlib.util
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -26,17 +27,62 @@ class ModelEntry:
     distribution: str
     version: str
     entry_point: Any = None
+    # Other registrations of the same name ("distribution (target)"): the name is unusable.
+    clashes: tuple[str, ...] = ()
+
+    @property
+    def clash_message(self) -> str | None:
+        """Why this name cannot be used when several distributions register it, else None."""
+        if not self.clashes:
+            return None
+        others = " and by ".join(self.clashes)
+        return (
+            f"model name {self.name!r} is registered twice: by {self.distribution} "
+            f"({self.target}) and by {others}; uninstall one of them to use it"
+        )
 
     def load(self) -> type:
         """Import the model class; import failures become a `PluginError` naming the plugin."""
+        if self.clash_message is not None:
+            raise PluginError(self.clash_message)
         try:
             cls = self.entry_point.load()
         except Exception as error:  # noqa: BLE001 - any import failure is reported the same way
             raise PluginError(
                 f"model {self.name!r} from {self.distribution} {self.version} failed to import "
-                f"({type(error).__name__}: {error}); reinstall that plugin"
+                f"({_one_line(error)}); reinstall that plugin"
             ) from error
         return cls
+
+    def missing_module(self) -> str | None:
+        """The target's top-level package when it cannot be found (found without importing
+        anything), else None."""
+        package = self.target.split(":")[0].split(".")[0]
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            found = False
+        return None if found else package
+
+    def problem(self, check_import: bool = False) -> str | None:
+        """One line on why this model cannot be used, or None: a name clash, a package that is
+        not installed, or (with `check_import`, which imports the plugin) an import failure."""
+        if self.clash_message is not None:
+            return self.clash_message
+        package = self.missing_module()
+        if package is not None:
+            return f"package {package!r} of {self.distribution} is not installed; reinstall it"
+        if check_import:
+            try:
+                self.load()
+            except PluginError as error:
+                return str(error)
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str, str]:
@@ -47,7 +93,11 @@ def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str, str]:
 
 
 def discover() -> dict[str, ModelEntry]:
-    """Every registered model by name; two distributions claiming one name is an error."""
+    """Every registered model by name.
+
+    A name that two distributions register is kept with its `ModelEntry.clashes`: it cannot be
+    used (`get_entry` says why), while every other model still can.
+    """
     found: dict[str, ModelEntry] = {}
     for entry_point in metadata.entry_points(group=GROUP):
         dist, version = _distribution_of(entry_point)
@@ -56,10 +106,10 @@ def discover() -> dict[str, ModelEntry]:
         if previous is not None:
             if (previous.distribution, previous.target) == (dist, entry.target):
                 continue  # the same distribution seen twice on sys.path
-            raise PluginError(
-                f"model name {entry.name!r} is registered twice: by {previous.distribution} "
-                f"({previous.target}) and by {dist} ({entry.target}); uninstall one of them"
-            )
+            other = f"{dist} ({entry.target})"
+            if other not in previous.clashes:
+                found[entry.name] = replace(previous, clashes=(*previous.clashes, other))
+            continue
         found[entry.name] = entry
     return dict(sorted(found.items()))
 
@@ -72,7 +122,10 @@ def get_entry(name: str) -> ModelEntry:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(entries) or "none (is a plugin installed?)"
         raise UnknownNameError(f"unknown model {name!r}.{hint} Registered models: {known}")
-    return entries[name]
+    entry = entries[name]
+    if entry.clash_message is not None:
+        raise PluginError(entry.clash_message)
+    return entry
 
 
 def get_model_class(name: str) -> type:

@@ -11,16 +11,25 @@ from refbench.registry import discover
 
 
 @click.command("list")
-def list_command() -> None:
-    """List registered models, every split and the evaluation protocols."""
+@click.option("--check", "check_imports", is_flag=True,
+              help="Also import every plugin and mark those that fail (slower: imports torch).")
+def list_command(check_imports: bool) -> None:
+    """List registered models, every split and the evaluation protocols.
+
+    A model that cannot be used is marked with the reason: a name two distributions register,
+    a plugin package that is not installed, and with --check one that fails to import.
+    """
     from refbench.metrics.protocols import PROTOCOL_DESCRIPTIONS
 
     console = Console()
     models = Table(title="Models (entry-point group refbench.models)")
-    for column in ("name", "distribution", "version", "target"):
+    for column in ("name", "distribution", "version", "target", "status"):
         models.add_column(column)
     for entry in discover().values():
-        models.add_row(entry.name, entry.distribution, entry.version, entry.target)
+        problem = entry.problem(check_import=check_imports)
+        distribution = ", ".join([entry.distribution, *(c.split(" (")[0] for c in entry.clashes)])
+        models.add_row(entry.name, distribution, entry.version, entry.target,
+                       f"[red]unusable: {problem}[/red]" if problem else "ok")
     console.print(models)
 
     splits = Table(title="Splits")
