@@ -24,7 +24,7 @@ from refbench.api import Expression
 from refbench.data.splits import SplitInfo, get_split
 from refbench.errors import ConfigError, DataError
 from refbench.metrics.protocols import GT_OVERLAPS
-from refbench.safe_pickle import restricted_load
+from refbench.safe_pickle import RefusedGlobalError, restricted_load
 
 DOCS_HINT = "see docs/data.md for the expected data-root layout"
 SENTENCE_MODES = ("all", "first")
@@ -38,7 +38,8 @@ def safe_load_pickle(path: str | Path) -> Any:
 
     A pickle that references any other global (a class, a function such as ``os.system``) is
     refused (`refbench.safe_pickle`) with a `DataError` before anything it names is imported
-    or called. Python 2 pickles load: their byte strings are decoded as latin-1.
+    or called; a truncated or damaged file is a `DataError` saying so. Python 2 pickles load:
+    their byte strings are decoded as UTF-8 when valid, else as latin-1.
     """
     path = Path(path)
     try:
@@ -46,13 +47,18 @@ def safe_load_pickle(path: str | Path) -> Any:
             return restricted_load(handle)
     except FileNotFoundError:
         raise DataError(f"missing file {path}; {DOCS_HINT}") from None
-    except pickle.UnpicklingError as error:
+    except RefusedGlobalError as error:
         raise DataError(
             f"refusing to load {path}: {error}; refs files hold only plain data, so this file "
             "is not a refer-format pickle (re-download it)"
         ) from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
-        raise DataError(f"{path} is not a readable pickle ({error}); re-download it") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, MemoryError) as error:
+        size = path.stat().st_size if path.exists() else 0
+        raise DataError(
+            f"{path} is truncated or corrupt ({size:,} bytes; the pickle cannot be read: "
+            f"{error or type(error).__name__}); re-download it"
+        ) from None
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror})") from None
 
