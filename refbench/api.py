@@ -477,28 +477,44 @@ class TrainableModel(RISModel):
         return groups
 
 
+# How torch's restricted unpickler names the Python object it refused to build.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
 def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """The content of a checkpoint file, read with ``weights_only=True`` (no code runs)."""
+    """The content of a checkpoint file, read with ``weights_only=True`` (no code runs).
+
+    A folder, a missing file and a file holding Python objects besides tensors and plain
+    containers are one-line `CheckpointError`s; the last never suggests loading it unsafely.
+    """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file in it")
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth"))
+        found = (f"it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}; pass "
+                 f"one of them, e.g. {path / inside[0]}") if inside else "it holds no .pt or " \
+            ".pth file; pass the path of a checkpoint file"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file: {found}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a user-facing error
         text = str(error)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            reason = (
-                f"it holds a Python object ({found.group(1)}) besides tensors and plain "
-                "containers, and refbench never runs code from a checkpoint"
-            )
+        if "Weights only load failed" in text or "GLOBAL" in text:
+            refused = _REFUSED_GLOBAL.search(text)
+            what = f"a Python object ({refused.group(1)})" if refused else "Python objects"
+            reason = (f"it holds {what} besides tensors and plain containers, and refbench "
+                      "never runs code from a checkpoint")
         else:
-            reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+            reason = _first_line(error)
         raise CheckpointError(
             f"checkpoint {path} cannot be read safely ({reason}); is it a model checkpoint?"
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

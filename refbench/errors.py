@@ -37,3 +37,34 @@ class PredictionError(RefbenchError):
 
 class OutputError(RefbenchError):
     """An output folder or file that cannot be written."""
+
+
+def describe_differences(
+    before: object, after: object, *, limit: int = 6, width: int = 40
+) -> str:
+    """The keys on which two configs differ, in one short line: ``lr 0.001 -> 0.002; ...``.
+
+    Nested mappings are compared key by key (``model_config.lr``); values are cut to `width`
+    characters and at most `limit` keys are named, then how many more differ.
+    """
+    changed: list[tuple[str, object, object]] = []
+
+    def walk(prefix: str, old: object, new: object) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new), key=str):
+                walk(f"{prefix}.{key}" if prefix else str(key), old.get(key, _ABSENT),
+                     new.get(key, _ABSENT))
+        elif old != new:
+            changed.append((prefix or "value", old, new))
+
+    def short(value: object) -> str:
+        text = "(absent)" if value is _ABSENT else repr(value)
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    walk("", before, after)
+    shown = "; ".join(f"{key} {short(old)} -> {short(new)}" for key, old, new in changed[:limit])
+    more = len(changed) - limit
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+_ABSENT = object()

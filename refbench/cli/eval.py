@@ -176,10 +176,18 @@ def eval_command(
     from refbench.registry import get_model_class
 
     check_overrides(get_model_class(model_name), overrides)
+    if cues is not None:
+        from refbench.cues import check_backend_name
+
+        check_backend_name(cues)
     if resume_dir is None:
         _check_writable(out_dir)
-    model = build_model(model_name, checkpoint, overrides, allow_random_weights)
     dataset = open_dataset(split, data_root)
+    if proposals is not None:
+        from refbench.proposals import check_backend_name as check_proposals
+
+        check_proposals(dataset, proposals)
+    model = build_model(model_name, checkpoint, overrides, allow_random_weights)
     console = Console(stderr=False)
     result = evaluate(
         model, dataset, protocol=protocol, sentences=sentences, batch_size=batch_size,

@@ -189,6 +189,10 @@ def train_command(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     resolved = cls.resolve_config(overrides)  # every key checked, nothing built
+    if cue_backend is not None:
+        from refbench.cues import check_backend_name
+
+        check_backend_name(cue_backend)
     selection_metric = resolve_selection_metric(resolved, selection_metric)
     out_root = Path(out_dir)
     resume_dir = find_resume_dir(out_root, model_name, split, resume) if resume else None
@@ -199,6 +203,10 @@ def train_command(
     # batch size vs the population (images or refs, as the trainer samples) and warm-up vs the
     # run's length, before any model or cache
     check_training_length(dataset, resolved, model_name, seed, ctx.world_size)
+    if proposal_backend is not None:
+        from refbench.proposals import check_backend_name as check_proposals
+
+        check_proposals(dataset, proposal_backend)
     seed_training(seed)  # the model's initial weights follow from --seed
     model = cls.from_config(overrides)
     if model.config != resolved:  # a plugin that fills keys in its constructor only

@@ -37,6 +37,15 @@ BACKENDS: dict[str, type[CueBackend]] = {
 BACKEND_NAMES = ("auto", *BACKENDS)
 
 
+def check_backend_name(name: str) -> str:
+    """`name` when cues can be built or imported under it, else an `UnknownNameError` with the
+    closest names (``heuristc`` -> ``heuristic``) and the valid ones."""
+    valid = (*BACKEND_NAMES, IMPORT_BACKEND)
+    if name not in valid:
+        raise unknown_backend(name, valid)
+    return name
+
+
 def get_backend(name: str, **options: Any) -> CueBackend:
     """Build the cue backend `name` with `options` (None values are ignored).
 
@@ -78,6 +87,7 @@ __all__ = [
     "build_cues",
     "ensure_cues",
     "build_cues_with_stats",
+    "check_backend_name",
     "chunk",
     "config_hash",
     "get_backend",

@@ -28,6 +28,7 @@ BACKENDS = ("felzenszwalb", "sam")
 __all__ = [
     "BACKENDS",
     "PAPER_MIN_AREA",
+    "check_backend_name",
     "SYNTH_FELZENSZWALB",
     "SYNTH_MIN_AREA_FRACTION",
     "ProposalStore",
@@ -41,6 +42,26 @@ __all__ = [
     "postprocess",
     "postprocess_rles",
 ]
+
+
+def check_backend_name(dataset: Any, name: str) -> str:
+    """`name` when it is a proposal backend or names proposals stored for `dataset`; a near
+    miss of a backend (``felzenswalb``) is an `UnknownNameError` saying the right name."""
+    from refbench.errors import DataError
+
+    if name in BACKENDS:
+        return name
+    try:
+        load_proposals(dataset, name)
+    except DataError:
+        close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.6)
+        if not close:
+            raise  # its message says how to build or import proposals under that name
+        raise UnknownNameError(
+            f"unknown proposal backend {name!r}. Did you mean {close[0]!r}? Valid backends: "
+            f"{', '.join(BACKENDS)} (or the name proposals were imported under)"
+        ) from None
+    return name
 
 
 def get_backend(name: str, **options: Any):
