@@ -383,3 +383,18 @@ def test_train_resume_refuses_a_newest_run_without_a_checkpoint(tmp_path):
     assert str(newest) in message and "no last.pt" in message and str(older) in message
     (newest / "last.pt").write_bytes(b"x")
     assert find_resume_dir(tmp_path, "tiny", "synth-train", "latest") == newest
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import torch
+
+    import refbench.io
+    from refbench.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": torch.tensor(1)})
+    _disk_full_after(monkeypatch, refbench.io.os, "fsync", 0)
+    with pytest.raises(DiskFullError, match="last.pt"):
+        save_checkpoint(path, {"step": torch.tensor(2)})
+    assert int(torch.load(path, weights_only=True)["step"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
