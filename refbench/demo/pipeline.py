@@ -258,9 +258,10 @@ def train_model(
     unfinished one resumes from its last.pt, anything else starts afresh.
     """
     from refbench.registry import get_model_class
-    from refbench.train.trainer import Trainer
+    from refbench.train.trainer import Trainer, seed_training
 
     cls = get_model_class(spec.name)
+    seed_training(seed)  # the initial weights follow from the seed
     model = cls.from_config(dict(spec.overrides))
     key_fields = {
         "model": spec.name,
