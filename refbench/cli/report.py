@@ -45,14 +45,17 @@ def _write_or_echo(text: str, out: Path | None) -> None:
 @click.option("--ci", is_flag=True, help="Add 95% bootstrap intervals to measured values.")
 @click.option("--resamples", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resample-by", "resample_by", type=click.Choice(["auto", "image", "expression"]),
+              default="auto", show_default=True,
+              help="Bootstrap unit: auto = image when an image has several expressions.")
 @click.option("--all-runs", is_flag=True, help="One row per run instead of the newest per split.")
 @click.option("--strict", is_flag=True, help="Refuse to tabulate runs of different protocols.")
 @click.option("--standalone", is_flag=True, help="LaTeX: a whole compilable document.")
 def leaderboard_command(
     run_dirs: tuple[Path, ...], reported: bool, reported_csv: Path | None,
     reported_source: str | None, metrics: tuple[str, ...], splits: tuple[str, ...], fmt: str,
-    out: Path | None, precision: int, ci: bool, resamples: int, seed: int, all_runs: bool,
-    strict: bool, standalone: bool,
+    out: Path | None, precision: int, ci: bool, resamples: int, seed: int, resample_by: str,
+    all_runs: bool, strict: bool, standalone: bool,
 ) -> None:
     """Tabulate run folders (and, with --reported, published numbers) as in PCNet's Table 1."""
     from refbench.report import leaderboard as lb
@@ -72,7 +75,7 @@ def leaderboard_command(
     board = lb.build_leaderboard(
         runs, table, metrics=_listed(metrics) or lb.DEFAULT_METRICS,
         splits=_listed(splits) or lb.DEFAULT_SPLITS, all_runs=all_runs, strict=strict, ci=ci,
-        n_resamples=resamples, seed=seed,
+        n_resamples=resamples, seed=seed, resample_by=resample_by,
     )
     if fmt == "md":
         text = lb.to_markdown(board, precision)
@@ -93,9 +96,12 @@ def leaderboard_command(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--level", type=float, default=0.95, show_default=True)
 @click.option("--precision", type=click.IntRange(0, 4), default=1, show_default=True)
+@click.option("--resample-by", "resample_by", type=click.Choice(["auto", "image", "expression"]),
+              default="auto", show_default=True,
+              help="Bootstrap unit: auto = image when an image has several expressions.")
 def compare_command(
     run_a: Path, run_b: Path, metrics: tuple[str, ...], resamples: int, seed: int, level: float,
-    precision: int,
+    precision: int, resample_by: str,
 ) -> None:
     """Paired bootstrap test of A − B over the same expressions of two runs."""
     import pandas as pd
@@ -110,7 +116,7 @@ def compare_command(
     if not wanted:
         both = [m for m in available_metrics(records_a) if m in available_metrics(records_b)]
         wanted = [m for m in both if m in ("PointM", "mIoU", "oIoU") or m.startswith(("Prop", "Oracle"))]
-    results = paired_bootstrap(records_a, records_b, wanted, resamples, level, seed)
+    results = paired_bootstrap(records_a, records_b, wanted, resamples, level, seed, resample_by)
     p = precision
     rows = [
         {"metric": r.metric, f"A ({a.model})": f"{100 * r.value_a:.{p}f}",
@@ -119,9 +125,13 @@ def compare_command(
          "p": f"{r.p_value:.4f}"}
         for r in results.values()
     ]
+    first = next(iter(results.values()), None)
+    unit = (f"resampling {first.n_units} images (all expressions of an image together)"
+            if first is not None and first.resample_by == "image"
+            else "resampling expressions")
     click.echo(f"A: {a.path}\nB: {b.path}\n{a.split}, protocol {a.protocol}, sentences "
-               f"{a.sentences}, n={len(records_a)} paired expressions, {resamples} resamples, "
-               f"seed {seed}\n")
+               f"{a.sentences}, n={len(records_a)} paired expressions, {unit}, {resamples} "
+               f"resamples, seed {seed}\n")
     click.echo(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
 
 
@@ -134,6 +144,13 @@ def check_comparable(a, b) -> None:
                 f"runs {a.path} and {b.path} use different {what} ({left} vs {right}); a paired "
                 "test needs runs on the same expressions under the same protocol"
             )
+    from refbench.report.leaderboard import data_id
+
+    if data_id(a) and data_id(b) and data_id(a) != data_id(b):
+        raise ConfigError(
+            f"runs {a.path} and {b.path} were made on different data (refs sha256 {data_id(a)} vs "
+            f"{data_id(b)}); a paired test needs runs on the same refs file"
+        )
 
 
 @click.command("show")

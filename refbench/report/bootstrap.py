@@ -1,10 +1,15 @@
 """Bootstrap statistics over the expressions of a run: confidence intervals and a paired test.
 
-Every resample draws expressions (records of predictions.jsonl) with replacement and recomputes
-each metric from the drawn records, vectorised over resamples with NumPy:
-PointM = mean(point_hit), mIoU = mean(inter / union), oIoU = sum(inter) / sum(union) (the same
-definitions as refbench.metrics; an empty union counts IoU 0). The generator is seeded
-(`numpy.random.default_rng(seed)`), so results are reproducible.
+Every resample draws units with replacement and recomputes each metric from the records of the
+drawn units, vectorised over resamples with NumPy: PointM = mean(point_hit), mIoU = mean(inter /
+union), oIoU = sum(inter) / sum(union) (the same definitions as refbench.metrics; an empty union
+counts IoU 0). The unit (`resample_by`) is the expression (each record alone) or the image
+(all expressions of an image together: a cluster bootstrap). Expressions of one image share
+its difficulty, so they are not independent draws; resampling them one by one understates the
+spread of a run with several sentences per image. ``"auto"`` resamples by image when some image
+has several records, else by expression (the two coincide then). The generator is seeded
+(`numpy.random.default_rng(seed)`), so results are reproducible; with one record per image the
+image and expression bootstraps draw the same indices and give the same interval.
 """
 
 from __future__ import annotations
@@ -70,21 +75,67 @@ def available_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
     return names
 
 
-def _reduce(kind: str, arrays: list[np.ndarray], index: np.ndarray | None) -> np.ndarray:
-    """The metric for each row of `index` ([R, n] int) or, when None, for all records ([1])."""
-    taken = [a[None, :] if index is None else a[index] for a in arrays]
+RESAMPLE_UNITS = ("auto", "image", "expression")
+
+
+def _ratio_parts(kind: str, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(numerator, denominator) per record [n]: each metric is sum(num) / sum(den)."""
     if kind == "mean":
-        return taken[0].mean(axis=1)
-    inter, union = taken
+        return arrays[0], np.ones_like(arrays[0])
+    inter, union = arrays
     if kind == "miou":
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        return iou.mean(axis=1)
-    total_union = union.sum(axis=1)
-    return np.divide(inter.sum(axis=1), total_union, out=np.zeros_like(total_union), where=total_union > 0)
+        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0), np.ones_like(inter)
+    return inter, union
+
+
+def _cluster_sums(parts: tuple[np.ndarray, np.ndarray], clusters: np.ndarray,
+                  count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums ([C] each) of the numerator and denominator."""
+    return (np.bincount(clusters, weights=parts[0], minlength=count),
+            np.bincount(clusters, weights=parts[1], minlength=count))
+
+
+def _value(sums: tuple[np.ndarray, np.ndarray], index: np.ndarray | None) -> np.ndarray:
+    """The metric for each row of `index` ([R, C] cluster draws) or, when None, for all ([1])."""
+    num, den = sums
+    if index is None:
+        total_num, total_den = np.array([num.sum()]), np.array([den.sum()])
+    else:
+        total_num, total_den = num[index].sum(axis=1), den[index].sum(axis=1)
+    return np.divide(total_num, total_den, out=np.zeros_like(total_num), where=total_den > 0)
+
+
+def resample_clusters(
+    records: Sequence[dict[str, Any]], resample_by: str = "expression"
+) -> tuple[str, np.ndarray, int]:
+    """(the unit used, cluster index per record [n] in order of first appearance, #clusters).
+
+    `resample_by` is "expression", "image" (records need ``image_id``) or "auto" (image when
+    some image has several records and every record names its image, else expression).
+    """
+    if resample_by not in RESAMPLE_UNITS:
+        raise ConfigError(f"--resample-by must be one of {', '.join(RESAMPLE_UNITS)}, "
+                          f"got {resample_by!r}")
+    n = len(records)
+    images = [r.get("image_id") for r in records]
+    if resample_by == "image" and any(i is None for i in images):
+        missing = next(r.get("key", "?") for r, i in zip(records, images) if i is None)
+        raise DataError(f"resampling by image needs 'image_id' in every record; record {missing} "
+                        "has none (use --resample-by expression)")
+    if resample_by == "auto":
+        known = all(i is not None for i in images)
+        resample_by = "image" if known and len(set(map(str, images))) < n else "expression"
+    if resample_by == "expression":
+        return "expression", np.arange(n), n
+    _, first, inverse = np.unique(np.asarray([str(i) for i in images]), return_index=True,
+                                  return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return "image", rank[inverse], len(first)
 
 
 def _resample_indices(n: int, n_resamples: int, rng: np.random.Generator):
-    """Yield [r, n] index blocks that together make `n_resamples` resamples of n records."""
+    """Yield [r, n] index blocks that together make `n_resamples` resamples of n units."""
     per_chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     done = 0
     while done < n_resamples:
@@ -103,6 +154,8 @@ class Interval:
     level: float
     n: int
     n_resamples: int
+    resample_by: str = "expression"  # the unit drawn: "expression" or "image"
+    n_units: int = 0  # how many units (images, or expressions) were drawn from
 
 
 def bootstrap_ci(
@@ -111,24 +164,31 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    resample_by: str = "expression",
 ) -> dict[str, Interval]:
-    """Percentile bootstrap CI of each metric over the expressions in `records`."""
+    """Percentile bootstrap CI of each metric over `records`, drawing expressions or images
+    (`resample_by`, see the module docstring)."""
     _check_args(n_resamples, level)
     if not records:
         raise DataError("no records to bootstrap; the run has no predictions")
-    prepared = {m: metric_arrays(records, m) for m in metrics}
+    unit, clusters, count = resample_clusters(records, resample_by)
+    prepared = {}
+    for metric in metrics:
+        kind, arrays = metric_arrays(records, metric)
+        prepared[metric] = _cluster_sums(_ratio_parts(kind, arrays), clusters, count)
     samples: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     rng = np.random.default_rng(seed)
-    for index in _resample_indices(len(records), n_resamples, rng):
-        for metric, (kind, arrays) in prepared.items():
-            samples[metric].append(_reduce(kind, arrays, index))
+    for index in _resample_indices(count, n_resamples, rng):
+        for metric, sums in prepared.items():
+            samples[metric].append(_value(sums, index))
     alpha = (1.0 - level) / 2
     result = {}
-    for metric, (kind, arrays) in prepared.items():
+    for metric, sums in prepared.items():
         values = np.concatenate(samples[metric])
         low, high = np.quantile(values, [alpha, 1 - alpha])
-        point = float(_reduce(kind, arrays, None)[0])
-        result[metric] = Interval(point, float(low), float(high), level, len(records), n_resamples)
+        point = float(_value(sums, None)[0])
+        result[metric] = Interval(point, float(low), float(high), level, len(records),
+                                  n_resamples, unit, count)
     return result
 
 
@@ -146,6 +206,8 @@ class PairedResult:
     level: float
     n: int
     n_resamples: int
+    resample_by: str = "expression"
+    n_units: int = 0
 
 
 def paired_bootstrap(
@@ -155,8 +217,10 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    resample_by: str = "expression",
 ) -> dict[str, PairedResult]:
-    """Paired bootstrap of A − B: both runs resampled with the same expression indices.
+    """Paired bootstrap of A − B: both runs resampled with the same draws of expressions or
+    images (`resample_by`; the images are A's records').
 
     The p-value is two-sided, from the resampled differences centred on the observed one
     (the null distribution): p = (1 + #{|d* − d| >= |d|}) / (1 + R).
@@ -174,17 +238,23 @@ def paired_bootstrap(
         raise DataError("no records to compare; the runs have no predictions")
     by_key_b = {str(r["key"]): r for r in records_b}
     aligned_b = [by_key_b[k] for k in keys_a]
-    prepared = {m: (metric_arrays(records_a, m), metric_arrays(aligned_b, m)) for m in metrics}
+    unit, clusters, count = resample_clusters(records_a, resample_by)
+    prepared = {}
+    for metric in metrics:
+        kind_a, arr_a = metric_arrays(records_a, metric)
+        kind_b, arr_b = metric_arrays(aligned_b, metric)
+        prepared[metric] = (_cluster_sums(_ratio_parts(kind_a, arr_a), clusters, count),
+                            _cluster_sums(_ratio_parts(kind_b, arr_b), clusters, count))
     diffs: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     rng = np.random.default_rng(seed)
-    for index in _resample_indices(len(keys_a), n_resamples, rng):
-        for metric, ((kind, arr_a), (_, arr_b)) in prepared.items():
-            diffs[metric].append(_reduce(kind, arr_a, index) - _reduce(kind, arr_b, index))
+    for index in _resample_indices(count, n_resamples, rng):
+        for metric, (sums_a, sums_b) in prepared.items():
+            diffs[metric].append(_value(sums_a, index) - _value(sums_b, index))
     alpha = (1.0 - level) / 2
     result = {}
-    for metric, ((kind, arr_a), (_, arr_b)) in prepared.items():
-        value_a = float(_reduce(kind, arr_a, None)[0])
-        value_b = float(_reduce(kind, arr_b, None)[0])
+    for metric, (sums_a, sums_b) in prepared.items():
+        value_a = float(_value(sums_a, None)[0])
+        value_b = float(_value(sums_b, None)[0])
         observed = value_a - value_b
         samples = np.concatenate(diffs[metric])
         low, high = np.quantile(samples, [alpha, 1 - alpha])
@@ -193,7 +263,7 @@ def paired_bootstrap(
         p_value = (1 + int(extreme.sum())) / (1 + len(samples))
         result[metric] = PairedResult(
             metric, value_a, value_b, observed, float(low), float(high), min(1.0, p_value),
-            level, len(keys_a), n_resamples,
+            level, len(keys_a), n_resamples, unit, count,
         )
     return result
 

@@ -99,14 +99,44 @@ class Leaderboard:
     splits: list[str]
     notes: list[str] = field(default_factory=list)
     has_ci: bool = False
+    ci_units: list[str] = field(default_factory=list)  # what the bootstrap drew, per run
 
 
 # ----------------------------------------------------------------------------- building
 
 
+def data_id(run: Run) -> str:
+    """12 hex digits of the refs file's SHA-256 the run recorded ("" when it recorded none)."""
+    dataset = run.config.get("dataset")
+    sha = dataset.get("refs_sha256") if isinstance(dataset, dict) else None
+    return str(sha)[:12] if sha else ""
+
+
 def _run_group(run: Run, all_runs: bool) -> tuple[str, ...]:
-    key = (run.model, run.config_digest, run.checkpoint_sha256 or "", run.protocol, run.sentences)
+    key = (run.model, run.config_digest, run.checkpoint_sha256 or "", run.protocol, run.sentences,
+           data_id(run))
     return (*key, str(run.path)) if all_runs else key
+
+
+def mixed_data(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
+    """Splits whose runs were made on different data: split -> data id -> its runs.
+
+    A run that recorded no data identity counts as its own kind ("unrecorded") when other runs
+    of its split recorded one: it cannot be shown to be on the same data.
+    """
+    by_split: dict[str, dict[str, list[Run]]] = {}
+    for run in runs:
+        by_split.setdefault(run.split, {}).setdefault(data_id(run), []).append(run)
+    return {split: ids for split, ids in by_split.items() if len(ids) > 1}
+
+
+def _data_note(split: str, ids: dict[str, list[Run]]) -> str:
+    parts = []
+    for identity, runs in ids.items():
+        named = ", ".join(f"{r.model} {r.path.name} (n={r.metrics.get('n', '?')})" for r in runs)
+        parts.append(f"refs sha256 {identity or 'unrecorded'}: {named}")
+    return (f"{split}: runs on different data ({'; '.join(parts)}); shown as separate rows "
+            "labelled by data id, and values on different data are not comparable")
 
 
 def select_runs(runs: Sequence[Run], all_runs: bool = False) -> tuple[dict[tuple, dict[str, Run]], list[str]]:
@@ -123,7 +153,8 @@ def select_runs(runs: Sequence[Run], all_runs: bool = False) -> tuple[dict[tuple
             chosen[group][split] = candidates[-1]
             if len(candidates) > 1:
                 notes.append(
-                    f"{len(candidates)} runs of {group[0]} on {split} ({group[3]}/{group[4]}); "
+                    f"{len(candidates)} runs of {group[0]} on {split} ({group[3]}/{group[4]}"
+                    + (f", data {group[5]}" if group[5] else "") + "); "
                     f"showing the newest, {candidates[-1].path.name} (--all-runs lists each)"
                 )
     return chosen, notes
@@ -147,6 +178,7 @@ def _provenance(marker: str, group_runs: dict[str, Run]) -> str:
         f"[{marker}] {first.model}: plugin {plugin}; weights {first.config.get('weights', '?')}; "
         f"checkpoint {'sha256 ' + checkpoint[:12] if checkpoint else 'none'}; "
         f"protocol {first.protocol}, sentences {first.sentences}"
+        + (f"; data refs sha256 {data_id(first)}" if data_id(first) else "")
         + (f"; proposals {proposals}" if proposals else "")
         + f"; git {', '.join(shas)}; runs: {folders}"
     )
@@ -177,8 +209,14 @@ def build_leaderboard(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    resample_by: str = "auto",
 ) -> Leaderboard:
-    """The comparison table of `runs` (measured) and `reported` rows on `splits` for `metrics`."""
+    """The comparison table of `runs` (measured) and `reported` rows on `splits` for `metrics`.
+
+    Runs of one split made on different data (their recorded refs SHA-256 differ) are never
+    merged: they are separate rows labelled ``data <id>``, with a note naming them (a
+    `ConfigError` with `strict`). Intervals (`ci`) resample by `resample_by` (bootstrap.py).
+    """
     for metric in metrics:
         if metric not in METRICS:
             raise UnknownNameError(f"unknown --metric {metric!r}; choose from {', '.join(METRICS)}")
@@ -233,6 +271,13 @@ def build_leaderboard(
             )
 
     # measured runs
+    mixed = mixed_data(runs)
+    if mixed:
+        described = [_data_note(split, ids) for split, ids in mixed.items()]
+        if strict:
+            raise ConfigError(f"{described[0]}; tabulate runs of one data set at a time, or drop "
+                              "--strict to get them as separate rows")
+        notes.extend(described)
     chosen, selection_notes = select_runs(runs, all_runs)
     notes.extend(selection_notes)
     intervals: dict[str, dict[str, Any]] = {}
@@ -246,11 +291,11 @@ def build_leaderboard(
                 present = available_metrics(run.records())
                 wanted = [k for k in dict.fromkeys(wanted) if k in run.metrics["metrics"] and k in present]
                 intervals[str(run.path)] = bootstrap_ci(
-                    run.records(), wanted, n_resamples=n_resamples, level=level, seed=seed
+                    run.records(), wanted, n_resamples=n_resamples, level=level, seed=seed,
+                    resample_by=resample_by,
                 )
     protocols: dict[str, list[str]] = {}
     provenance: list[str] = []
-    labels = [g[0] for g in chosen]
     for number, group_runs in enumerate(chosen.values(), start=1):
         marker = f"m{number}"
         first = next(iter(group_runs.values()))
@@ -258,8 +303,12 @@ def build_leaderboard(
         protocol = f"{first.protocol}/{first.sentences}"
         protocols.setdefault(protocol, []).append(marker)
         label = first.model
-        if labels.count(first.model) > 1:
+        group_data = data_id(first)
+        same_model = [g for g in chosen if g[0] == first.model]
+        if len({g[1:5] for g in same_model}) > 1 or (all_runs and len(same_model) > 1):
             label += f" ({first.path.name})" if all_runs else f" (config {first.config_digest[:6]})"
+        if any(split in mixed for split in group_runs):
+            label += f" (data {group_data or 'unrecorded'})"
         backbone = backbone_label(first.config.get("model_config") or {})
         for split, run in group_runs.items():
             values = run.metrics["metrics"]
@@ -308,7 +357,16 @@ def build_leaderboard(
                         add(block, fields, split, 100 * level_value)
 
     notes = provenance + notes
-    return _assemble(entries, blocks, split_ids, notes, ci)
+    board = _assemble(entries, blocks, split_ids, notes, ci)
+    if ci:
+        units = []
+        for found in intervals.values():
+            for interval in found.values():
+                text = f"{interval.resample_by}s" if interval.resample_by == "image" else "expressions"
+                if text not in units:
+                    units.append(text)
+        board.ci_units = units
+    return board
 
 
 def _assemble(
@@ -412,7 +470,11 @@ def _cells(board: Leaderboard, style: str, precision: int) -> pd.DataFrame:
 
 
 def _ci_note(board: Leaderboard) -> list[str]:
-    return ["measured (low–high): 95% percentile bootstrap interval over expressions"] if board.has_ci else []
+    if not board.has_ci:
+        return []
+    units = " or ".join(board.ci_units) or "expressions"
+    return [f"measured (low–high): 95% percentile bootstrap interval, resampling {units} "
+            "(images: all expressions of an image drawn together, used when an image has several)"]
 
 
 def to_markdown(board: Leaderboard, precision: int = 1) -> str:
