@@ -10,7 +10,7 @@ import pytest
 
 from refbench.errors import DataError
 from refbench.proposals import ProposalStore
-from refbench.proposals.postprocess import encode_masks
+from refbench.proposals.postprocess import decode_masks, encode_masks
 from tests.test_proposals import FakeDataset
 
 CONFIG = {"max_proposals": 4, "what": "checksum-test"}
@@ -73,10 +73,13 @@ def test_every_record_is_written_with_a_checksum_and_reads_back():
 def test_truncated_rle_strings_in_valid_json_are_refused_naming_file_image_and_command():
     dataset, store = _built_store()
 
-    def truncate(record):
-        record["rles"] = [counts[: max(1, len(counts) - 2)] for counts in record["rles"]]
+    def truncate(record):  # cut where the strings still decode, to other masks
+        record["rles"] = [counts[: len(counts) // 2] for counts in record["rles"]]
 
     _rewrite(store, 2, truncate)
+    damaged = json.loads(store.records_path.read_text().splitlines()[1])["rles"]
+    decoded = decode_masks([{"size": [24, 36], "counts": c} for c in damaged], 24, 36)
+    assert decoded.shape == (2, 24, 36)  # decodable: only the checksum can tell
     fresh = ProposalStore(dataset, "static", CONFIG)
     assert np.array_equal(fresh.load(1)[:2].numpy(), np.stack(_masks(dataset.images[1])))
     with pytest.raises(DataError) as caught:
