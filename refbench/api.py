@@ -193,7 +193,7 @@ def validate_base_config(config: Mapping[str, Any], owner: str = "model") -> Non
             raise _config_fail(owner, key, value, "each channel must be positive")
     if "resize" in config and config["resize"] not in RESIZE_MODES:
         raise _config_fail(owner, "resize", config["resize"],
-                           f"choose one of {', '.join(RESIZE_MODES)}")
+                           f"resize must be one of {', '.join(RESIZE_MODES)}")
     if "num_cues" in config and not (_is_int(config["num_cues"]) and config["num_cues"] >= 0):
         raise _config_fail(owner, "num_cues", config["num_cues"], "must be an integer >= 0")
 
