@@ -195,6 +195,8 @@ def validate(config: Mapping[str, Any]) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"pcnet config {key}={config[key]!r}: {why}")
 
+    _check_types(config, fail)
+
     if config["variant"] == "official":
         _validate_official(config, fail)
         return
@@ -272,3 +274,18 @@ def _validate_official(config: Mapping[str, Any], fail: Any) -> None:
              "code's is 'batch')")
     if int(config["hidden_dim"]) < 1:
         fail("hidden_dim", "must be positive")
+
+
+def _check_types(config: Mapping[str, Any], fail: Any) -> None:
+    """Each key whose default is a bool, an int or a float holds a value of that kind."""
+    for key, default in PAPER_CONFIG.items():
+        value = config.get(key, default)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                fail(key, "true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(key, "an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                fail(key, "a number")

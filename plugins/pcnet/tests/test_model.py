@@ -386,3 +386,16 @@ def test_paper_configuration_gives_10x10_maps_at_320_px() -> None:
     batch = _batch(size=1, input_size=320)
     prediction = model.predict(batch)
     assert prediction.stage_maps.shape == (2, 3, 10, 10)  # App. A.4: s = 32
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("hidden_dim", "abc", "an integer"), ("num_stages", 2.5, "an integer"),
+    ("ras", "yes", "true or false"), ("iad_temperature", "x", "a number"),
+    ("k_iters", True, "an integer"),
+])
+def test_pcnet_keys_of_the_wrong_kind_are_one_line_errors(key, value, kind) -> None:
+    """Checked before anything is built (resolve_config builds nothing)."""
+    from refbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"pcnet config {key}=.*: {kind}"):
+        PCNet.resolve_config({key: value})
