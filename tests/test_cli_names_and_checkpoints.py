@@ -82,3 +82,28 @@ def test_differences_name_the_keys_in_one_short_line() -> None:
     many = describe_differences({str(i): i for i in range(10)}, {str(i): -i for i in range(10)},
                                 limit=3)
     assert many.endswith("; and 6 more")  # 0 is equal to -0
+
+
+def test_resuming_a_checkpoint_of_changed_settings_names_the_keys_in_one_line(tmp_path) -> None:
+    """The message names the differing keys, not whole configs (it was 1 812 characters)."""
+    import json
+
+    import torch
+
+    from refbench.train.checkpoint import load_training_checkpoint
+
+    config = {"model": "pcnet", "model_config": {f"key_{i}": list(range(40)) for i in range(30)}}
+    config["model_config"]["lr"] = 0.001
+    changed = json.loads(json.dumps(config))
+    changed["model_config"]["lr"] = 0.002
+    path = tmp_path / "last.pt"
+    from refbench.api import CHECKPOINT_FORMAT
+
+    torch.save({"format": CHECKPOINT_FORMAT, "model": "pcnet", "config": {}, "state_dict": {},
+                "trainer": {"fingerprint": json.dumps(config),
+                                              "fingerprint_hash": "old"}}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_training_checkpoint(path, "pcnet", json.dumps(changed), "new")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400
+    assert "model_config.lr 0.001 -> 0.002" in message

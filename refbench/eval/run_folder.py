@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refbench.errors import OutputError, RefbenchError
+from refbench.errors import OutputError, RefbenchError, describe_differences
 from refbench.io import (
     FileLock,
     atomic_write_json,
@@ -88,19 +88,12 @@ def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
     stored = read_json(run_dir / CONFIG_FILE, "run config")
     differing = config_differences(stored, config)
     if differing:
-        detail = "; ".join(
-            f"{key}: run has {_short(stored.get(key))}, now {_short(config.get(key))}"
-            for key in differing
-        )
+        detail = describe_differences({k: stored.get(k) for k in differing},
+                                      {k: config.get(k) for k in differing})
         raise OutputError(
             f"cannot resume {run_dir}: its config differs ({detail}); rerun with the same "
             "options or start a new run without --resume"
         )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from refbench.api import load_checkpoint_file
-from refbench.errors import CheckpointError
+from refbench.errors import CheckpointError, describe_differences
 from refbench.io import atomic_writer
 
 
@@ -81,8 +81,7 @@ def load_training_checkpoint(
     if trainer.get("fingerprint_hash") != fingerprint_hash:
         saved = json.loads(trainer.get("fingerprint", "{}"))
         now = json.loads(fingerprint)
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        detail = describe_differences(saved, now)
         raise CheckpointError(
             f"checkpoint {path} was trained with another config ({detail}); resume with the "
             "original settings or start a new run without --resume"
