@@ -279,6 +279,11 @@ def test_with_the_real_reader_and_cli(tmp_path: Path, monkeypatch) -> None:
         "a guy", "a guy in white shirt", "a guy in white shirt holding a bat",
         "a guy in white shirt holding a bat", "a guy in white shirt holding a bat")
     assert main(["cues", "build", "--split", "refcoco-vall", "--data-root", str(root)]) == 2
+    # the fallback allowance is a fraction; 0 allows none, and heuristic cues never fall back
+    assert main(["cues", "build", "--split", "refcoco-val", "--data-root", str(root),
+                 "--max-fallback", "1.5"]) == 2
+    assert main(["cues", "build", "--split", "refcoco-val", "--data-root", str(root),
+                 "--max-fallback", "0"]) == 0
 
 
 def test_caches_from_before_the_refs_id_keying(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ def cues_group() -> None:
 @click.option("--base-url", default=None, help="llm: overrides REFBENCH_LLM_BASE_URL")
 @click.option("--llm-model", default=None, help="llm: overrides REFBENCH_LLM_MODEL")
 @click.option("--timeout", type=float, default=None, help="llm: seconds per request")
+@click.option("--max-fallback", type=click.FloatRange(0, 1), default=None,
+              help="Fraction of sentences allowed to fall back to heuristic phrases "
+                   "(default 0.05, or REFBENCH_CUES_MAX_FALLBACK).")
 def build_command(
     split: str,
     data_root: str | None,
@@ -37,6 +40,7 @@ def build_command(
     base_url: str | None,
     llm_model: str | None,
     timeout: float | None,
+    max_fallback: float | None,
 ) -> None:
     """Build (or finish) the cue cache of a split; the API key comes from REFBENCH_LLM_API_KEY."""
     from refbench.cues import build_cues_with_stats, get_backend
@@ -45,11 +49,12 @@ def build_command(
     cue_backend = get_backend(
         backend, concurrency=concurrency, base_url=base_url, model=llm_model, timeout=timeout
     )
-    cues, stats = build_cues_with_stats(dataset, cue_backend, k=k, progress=True)
+    cues, stats = build_cues_with_stats(dataset, cue_backend, k=k, progress=True,
+                                        max_fallback=max_fallback)
     click.echo(
         f"{len(cues)} expressions of {split} have {k} {cue_backend.name} cues: "
-        f"{stats.from_cache} from cache, {stats.built} built, {stats.fallback} fell back to the "
-        f"heuristic ({stats.path})"
+        f"{stats.from_cache} from cache, {stats.built} built ({stats.retried} fallbacks asked "
+        f"again), {stats.fallback} fell back to the heuristic ({stats.path})"
     )
 
 

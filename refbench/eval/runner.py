@@ -323,6 +323,7 @@ def run_config(
     num_expressions: int,
     save_maps: bool = False,
     chance: dict[str, Any] | None,
+    cue_store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The config.json of a run (see docs/runs.md)."""
     return _jsonable(
@@ -340,6 +341,7 @@ def run_config(
             "sentences": sentences,
             "proposals": proposals,
             "cues": cues,
+            "cue_store": cue_store,
             "batch_size": int(batch_size),
             "device": str(device),
             "seed": int(seed),
@@ -418,8 +420,12 @@ def _evaluate(
         else:
             cues, cue_table = ensure_cues(dataset, cues, model.num_cues)
         groups = _attach_cues(groups, cue_table)
+        from refbench.cues.store import describe_cue_store
+
+        cue_store = describe_cue_store(dataset, cues)
     else:
         cues = None
+        cue_store = None
     proposal_store = None
     if proposals is not None:
         from refbench.proposals import load_proposals
@@ -431,7 +437,7 @@ def _evaluate(
         model, dataset, protocol=protocol, sentences=sentences, proposals=proposals, cues=cues,
         batch_size=batch_size, device=device, seed=seed, save_masks=save_masks,
         checkpoint=checkpoint, num_expressions=num_expressions, save_maps=save_maps,
-        chance=_chance(dataset) if ctx.is_main else None,
+        chance=_chance(dataset) if ctx.is_main else None, cue_store=cue_store,
     )
 
     # Rank 0 owns the folder: it opens and locks it and reads what is done; the others follow.

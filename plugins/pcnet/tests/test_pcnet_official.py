@@ -246,6 +246,12 @@ def test_three_stages_with_the_authors_phrases_reproduce_validate(
     records, result = run_eval(tmp_path, checkpoint, root, "runs-k3", "--set", "k_iters=3",
                                "--cues", "pcnet-import")
     check_against_validate(records, result, golden["validate"]["k3"])
+    (run_dir,) = (tmp_path / "runs-k3" / "pcnet" / SPLIT).iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    store = config["cue_store"]  # which cue file the run read, recorded
+    assert (store["backend"], store["fallback"]) == ("pcnet-import", 0)
+    assert store["refs_sha256"] == config["dataset"]["refs_sha256"]
+    assert Path(store["file"]).is_file()
 
 
 # --- bad input ---------------------------------------------------------------------------------
