@@ -479,6 +479,13 @@ def test_cli_build_then_oracle(monkeypatch, capsys):
     assert main(["proposals", "build", "--split", "synth-val", "--backend", "sam",
                  "--checkpoint", "/nonexistent/sam.pth"]) == 2
     assert "sam.pth does not exist" in capsys.readouterr().err
+    # A refused build leaves the cache as it was: no empty store beside the good one.
+    folders = sorted(p for p in store.folder.parent.iterdir())
+    assert main(["proposals", "build", "--split", "synth-val", "--max-proposals", "0"]) == 2
+    assert sorted(p for p in store.folder.parent.iterdir()) == folders
+    with pytest.raises(ConfigError, match="max_proposals=0"):
+        ProposalStore(dataset, "felzenszwalb", {"max_proposals": 0})
+    assert main(["proposals", "oracle", "--split", "synth-val"]) == 0
 
 
 def test_fast_rle_decoder_matches_pycocotools_and_torch_nearest():

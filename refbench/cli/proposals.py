@@ -49,7 +49,7 @@ def proposals_group() -> None:
               help="segment-anything checkpoint (.pth) for --backend sam.")
 @click.option("--model-type", type=click.Choice(["vit_h", "vit_l", "vit_b"]), default="vit_h",
               show_default=True)
-@click.option("--max-proposals", type=int, default=40, show_default=True)
+@click.option("--max-proposals", type=click.IntRange(min=1), default=40, show_default=True)
 @min_area_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (sam only).")
 @click.option("--batch-size", type=int, default=4, show_default=True,
@@ -92,7 +92,7 @@ def build_command(split: str, data_root: str | None, backend: str, checkpoint: s
 @click.option("--candidates", type=click.Path(dir_okay=False), default=None,
               help="pcnet: PCNet's <splitBy>_candidate_2_4_6_8.npy (default: the one beside "
                    "SAM_out/, when present).")
-@click.option("--max-proposals", type=int, default=40, show_default=True)
+@click.option("--max-proposals", type=click.IntRange(min=1), default=40, show_default=True)
 @min_area_option
 def import_command(split: str, data_root: str | None, source: str, file_format: str,
                    generator: str, candidates: str | None, max_proposals: int,

@@ -115,6 +115,13 @@ class ProposalStore:
     ) -> None:
         if "max_proposals" not in config:
             raise ConfigError("a proposal config needs 'max_proposals' (PCNet uses 40)")
+        if isinstance(config["max_proposals"], bool) or not isinstance(
+            config["max_proposals"], int
+        ) or config["max_proposals"] < 1:
+            raise ConfigError(
+                f"max_proposals={config['max_proposals']!r}: keep at least one proposal per "
+                "image (PCNet uses 40)"
+            )
         self.dataset_key = dataset_key(dataset)
         self.data_identity = data_identity(dataset, images=True)
         self.backend_name = backend_name
