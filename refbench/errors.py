@@ -6,6 +6,9 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RefbenchError(Exception):
     """A user-facing error: the message names what is wrong and how to fix it."""
@@ -37,6 +40,21 @@ class PredictionError(RefbenchError):
 
 class OutputError(RefbenchError):
     """An output folder or file that cannot be written."""
+
+
+def did_you_mean(
+    name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5, quote: bool = True
+) -> str:
+    """`` Did you mean 'a' or 'b'?`` naming the choices closest to `name`, or ``""`` if none is.
+
+    The hint starts with a space so that it follows a sentence directly; `quote=False` names the
+    choices bare and comma-separated (``Did you mean a, b?``), as config keys are written.
+    """
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    named = " or ".join(repr(c) for c in close) if quote else ", ".join(close)
+    return f" Did you mean {named}?"
 
 
 def describe_differences(

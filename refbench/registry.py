@@ -7,13 +7,12 @@ import is reported with its distribution and error while the others keep working
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
-from refbench.errors import PluginError, UnknownNameError
+from refbench.errors import PluginError, UnknownNameError, did_you_mean
 
 GROUP = "refbench.models"
 
@@ -118,8 +117,7 @@ def get_entry(name: str) -> ModelEntry:
     """The entry for `name`, or an `UnknownNameError` with close names."""
     entries = discover()
     if name not in entries:
-        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, entries)
         known = ", ".join(entries) or "none (is a plugin installed?)"
         raise UnknownNameError(f"unknown model {name!r}.{hint} Registered models: {known}")
     entry = entries[name]

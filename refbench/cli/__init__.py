@@ -7,7 +7,6 @@ exit code 2.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import importlib
 import importlib.util
@@ -16,7 +15,7 @@ from collections.abc import Mapping
 
 import click
 
-from refbench.errors import RefbenchError
+from refbench.errors import RefbenchError, did_you_mean
 
 # Errors of a full disk or an exhausted quota: one line, not a traceback.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -70,8 +69,7 @@ class LazyGroup(click.Group):
         """As click's, with "Did you mean" naming the closest subcommands of a misspelt one."""
         name = click.utils.make_str(args[0])
         if self.get_command(ctx, name) is None and not name.startswith("-"):
-            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, self.list_commands(ctx), n=2, cutoff=0.6)
             raise click.UsageError(
                 f"no such command {name!r}.{hint} Commands: {', '.join(self.list_commands(ctx))}",
                 ctx,

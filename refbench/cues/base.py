@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from refbench.errors import UnknownNameError
+from refbench.errors import UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,7 @@ def sentence_hash(text: str, config: dict[str, Any]) -> str:
 
 def unknown_backend(name: str, valid: Sequence[str]) -> UnknownNameError:
     """An `UnknownNameError` for backend `name` with close names and the valid list."""
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, valid)
     return UnknownNameError(
         f"unknown cue backend {name!r}.{hint} Valid backends: {', '.join(valid)}"
     )
