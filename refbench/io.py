@@ -1,4 +1,5 @@
-"""Small file helpers every part of refbench shares: atomic writes, JSON lines, the cache root.
+"""Small file helpers every part of refbench shares: atomic writes, JSON lines, the cache root,
+stable hashes of JSON-able values (cache keys, checksums) and COCO RLE encoding.
 
 Writes that a later run depends on go through `atomic_write_*` (temp file in the same folder,
 fsync, rename), so a crash never leaves a half-written file behind; the temp file is removed
@@ -12,16 +13,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from refbench.errors import DataError, OutputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CACHE_ENV = "REFBENCH_CACHE"
 TEMP_SUFFIX = ".tmp"  # atomic writes use ``.<name>.<random>.tmp`` beside the target
@@ -41,6 +46,52 @@ def disk_full_error(error: OSError, path: str | Path) -> DiskFullError | None:
         f"{what} while writing {path}; nothing partial was kept: free space and rerun the same "
         "command, which resumes where it stopped"
     )
+
+
+def canonical_json(obj: Any, *, compact: bool = True, strict: bool = False) -> str:
+    """`obj` as JSON with sorted keys: the one serialisation behind every stable hash.
+
+    `compact` writes ``,``/``:`` separators (else json's default ``, ``/``: ``, which some
+    recorded hashes were made with); unless `strict`, a value JSON cannot hold is written as
+    its ``str()``, and with `strict` it is a TypeError.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":") if compact else None,
+                      default=None if strict else str)
+
+
+def sha256_hex(text: str, length: int | None = None) -> str:
+    """SHA-256 of `text` (UTF-8) in hex, cut to its first `length` characters when given."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def stable_hash(
+    obj: Any, length: int | None = None, *, compact: bool = True, strict: bool = False
+) -> str:
+    """SHA-256 hex of `canonical_json(obj)`: the same value always gives the same key.
+
+    Changing any argument changes the hashes that caches, run folders and checkpoints were
+    stored under; each caller keeps the arguments its stored hashes were made with.
+    """
+    return sha256_hex(canonical_json(obj, compact=compact, strict=strict), length)
+
+
+def encode_rle(mask: np.ndarray | Any) -> dict[str, Any]:
+    """COCO compressed RLE of one [H, W] bool mask (a NumPy array or a torch tensor):
+    ``{"size": [H, W], "counts": str}``, as run folders and proposal stores hold it."""
+    return encode_masks([mask])[0]
+
+
+def encode_masks(masks: Sequence[np.ndarray | Any]) -> list[dict[str, Any]]:
+    """COCO compressed RLEs of bool masks [H, W] (all of one size), counts as str."""
+    if not masks:
+        return []
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    arrays = [m.detach().cpu().numpy() if hasattr(m, "detach") else m for m in masks]
+    stack = np.asfortranarray(np.stack([np.asarray(m, dtype=np.uint8) for m in arrays], axis=-1))
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            for rle in mask_utils.encode(stack)]
 
 
 def print_note(message: str) -> None:
@@ -148,7 +199,7 @@ def append_jsonl(handle, records: Iterable[dict[str, Any]]) -> None:
     The lines bypass the handle's buffer; a failed write (a full disk) is cut back off the
     file, so it never ends in a partial batch, and a full disk is a `DiskFullError`.
     """
-    text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
+    text = "".join(canonical_json(r, strict=True) + "\n" for r in records)
     if not text:
         return
     data = memoryview(text.encode("utf-8"))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from refbench.errors import UnknownNameError, did_you_mean
+from refbench.io import canonical_json, sha256_hex, stable_hash
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,12 @@ class CueBackend:
 
 def config_hash(config: dict[str, Any]) -> str:
     """A short stable hash of a backend config (sorted-key JSON), used in cache file names."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+    return stable_hash(config, 12, strict=True)
 
 
 def sentence_hash(text: str, config: dict[str, Any]) -> str:
     """The cache key of one sentence under one backend config."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{text}\n{blob}".encode()).hexdigest()
+    return sha256_hex(f"{text}\n{canonical_json(config, strict=True)}")
 
 
 def unknown_backend(name: str, valid: Sequence[str]) -> UnknownNameError:

@@ -14,16 +14,11 @@ get different cache folders, so one never silently serves the other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
+from refbench.io import stable_hash
+
 _IMAGES_CACHE: dict[tuple[Any, ...], str] = {}
-
-
-def _sha256_json(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _field(record: Any, key: str) -> Any:
@@ -42,8 +37,8 @@ def refs_sha256(dataset: Any) -> str:
             return value
     if hasattr(dataset, "expressions"):
         rows = [(e.ref_id, e.sent_id, e.text) for e in dataset.expressions("all")]
-        return _sha256_json(["expressions", rows])
-    return _sha256_json(["refs", getattr(dataset, "refs", [])])
+        return stable_hash(["expressions", rows])
+    return stable_hash(["refs", getattr(dataset, "refs", [])])
 
 
 def images_sha256(dataset: Any) -> str:
@@ -65,7 +60,7 @@ def images_sha256(dataset: Any) -> str:
         images = dataset._instances.images
         rows = [[image_id, str(r.get("file_name")), int(r.get("height", 0)),
                  int(r.get("width", 0))] for image_id, r in sorted(images.items())]
-        digest = _sha256_json(["images", rows])
+        digest = stable_hash(["images", rows])
         if key:
             _IMAGES_CACHE[key] = digest
         return digest
@@ -74,7 +69,7 @@ def images_sha256(dataset: Any) -> str:
         info = dataset.image_info(image_id)
         rows.append([image_id, str(_field(info, "file_name")), int(_field(info, "height")),
                      int(_field(info, "width"))])
-    return _sha256_json(["images", rows])
+    return stable_hash(["images", rows])
 
 
 def data_identity(dataset: Any, images: bool = True) -> dict[str, str]:
@@ -92,4 +87,4 @@ def name_key(dataset: Any) -> str:
 
 def data_key(dataset: Any, images: bool = True) -> str:
     """``<dataset>-<split_by>-<12 hex of the data identity>``: a cache folder name."""
-    return f"{name_key(dataset)}-{_sha256_json(data_identity(dataset, images))[:12]}"
+    return f"{name_key(dataset)}-{stable_hash(data_identity(dataset, images), 12)}"

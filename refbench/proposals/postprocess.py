@@ -15,6 +15,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from refbench.errors import ConfigError
+from refbench.io import encode_masks
+
+__all__ = ["encode_masks"]  # where the proposal backends and importers have always found it
 
 # PCNet drops proposals under 1000 px on COCO photos, whose typical size is 640x480. On other
 # image sizes (SynthRef is 96x96, where 1000 px is 11% of the image) refbench scales that
@@ -67,18 +70,6 @@ def resolve_min_area(min_area: float, height: int, width: int) -> int:
 def default_min_area(is_synthetic: bool) -> float:
     """The min_area refbench records by default: the paper's 1000 px, a fraction on SynthRef."""
     return SYNTH_MIN_AREA_FRACTION if is_synthetic else float(PAPER_MIN_AREA)
-
-
-def encode_masks(masks: list[np.ndarray]) -> list[Rle]:
-    """COCO RLEs (counts as str) of bool masks [H, W]."""
-    if not masks:
-        return []
-    stack = np.asfortranarray(np.stack([np.asarray(m, dtype=np.uint8) for m in masks], axis=-1))
-    rles = mask_utils.encode(stack)
-    for rle in rles:
-        if isinstance(rle["counts"], bytes):
-            rle["counts"] = rle["counts"].decode("ascii")
-    return rles
 
 
 def _pycoco(rle: Rle) -> Rle:

@@ -25,7 +25,6 @@ row s is the ref's s-th sentence (its position in the refs file), column p is ma
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -48,6 +47,7 @@ from refbench.io import (
     ensure_dir,
     exclusive_lock,
     read_json,
+    stable_hash,
 )
 from refbench.proposals.postprocess import decode_masks
 from refbench.proposals.rle import decode_resized_columns
@@ -62,10 +62,8 @@ _WARNED_UNCHECKED: set[str] = set()
 
 def record_checksum(image_id: Any, height: int, width: int, rles: list) -> str:
     """SHA-256 (hex) of one proposal record's payload: its id, size and RLE strings."""
-    payload = json.dumps({"height": int(height), "image_id": image_id, "rles": list(rles),
-                          "width": int(width)}, sort_keys=True, separators=(",", ":"),
-                         ensure_ascii=True)
-    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+    return stable_hash({"height": int(height), "image_id": image_id, "rles": list(rles),
+                        "width": int(width)}, strict=True)
 
 
 class Dataset(Protocol):
@@ -86,8 +84,7 @@ def dataset_key(dataset: Any) -> str:
 
 def config_hash(config: dict[str, Any]) -> str:
     """A short, stable hash of a JSON-able config."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+    return stable_hash(config, 10)
 
 
 def build_command(dataset: Any, backend_name: str) -> str:
