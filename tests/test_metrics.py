@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -16,19 +11,6 @@ import pytest
 import torch
 
 from refbench.errors import PredictionError
-from refbench.metrics.accumulators import (
-    BackgroundPeaks,
-    Hit,
-    MeanIoU,
-    MetricSet,
-    OracleMeanIoU,
-    OracleOverallIoU,
-    OverallIoU,
-    PointM,
-    ProposalMeanIoU,
-    ProposalOverallIoU,
-    per_group,
-)
 from refbench.metrics.functional import (
     binarise,
     box_hit,
@@ -44,10 +26,8 @@ from refbench.metrics.functional import (
     resize_to,
     select_proposal,
 )
+from refbench.metrics.records import metrics_from_records, per_group
 from refbench.metrics.scoring import score_batch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 # ---- independent NumPy references ---------------------------------------------------------
 
@@ -532,7 +512,7 @@ def test_score_batch_rejects_wrong_map_shape():
         score_batch(torch.zeros(4, 4), 8, 8, gt, torch.zeros(1, 4))
 
 
-# ---- accumulators and MetricSet ------------------------------------------------------------
+# ---- metrics from records -----------------------------------------------------------------
 
 
 def random_records(seed: int, count: int, proposals: bool = True) -> list[dict]:
@@ -588,7 +568,7 @@ def np_metrics(records: list[dict]) -> dict[str, float]:
 def test_metric_set_from_records_matches_numpy_and_keys():
     records = random_records(12, 300)
     records[5]["union"], records[5]["inter"] = 0, 0  # an empty-union sample counts IoU 0
-    got = MetricSet.from_records(records)
+    got = metrics_from_records(records)
     expected = np_metrics(records)
     assert list(got) == [
         "PointM", "mIoU", "oIoU", "Hit", "BackgroundPeaks",
@@ -596,40 +576,15 @@ def test_metric_set_from_records_matches_numpy_and_keys():
     ]
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-12), name
-    plain = MetricSet.from_records(random_records(13, 20, proposals=False))
+    plain = metrics_from_records(random_records(13, 20, proposals=False))
     assert list(plain) == ["PointM", "mIoU", "oIoU", "Hit", "BackgroundPeaks"]
 
 
-def test_accumulators_over_chunks_equal_the_functional_twins():
-    records = random_records(14, 257)
-    metric_set = MetricSet(proposals=True)
-    singles = [
-        PointM(), MeanIoU(), OverallIoU(), Hit(), BackgroundPeaks(),
-        ProposalMeanIoU(), ProposalOverallIoU(), OracleMeanIoU(), OracleOverallIoU(),
-    ]
-    for start in range(0, 257, 40):
-        chunk = records[start : start + 40]
-        metric_set.update(chunk)
-        for metric in singles:
-            metric.update(chunk)
-    expected = MetricSet.from_records(records)
-    computed = metric_set.compute()
-    assert list(computed) == list(expected)
-    for name in expected:
-        assert computed[name] == pytest.approx(expected[name], abs=1e-12)
-    for metric in singles:
-        assert metric.compute() == pytest.approx(expected[metric.name], abs=1e-12)
-    assert metric_set.state()["PointM"] == {
-        "hits": sum(r["point_hit"] for r in records), "count": 257,
-    }
-    assert metric_set.state()["oIoU"]["inter"] == sum(r["inter"] for r in records)
-    metric_set.reset()
-    assert math.isnan(metric_set.compute()["PointM"])
-
-
 def test_proposal_metric_on_records_without_proposals_names_the_record():
+    records = random_records(15, 3, proposals=True)
+    del records[0]["proposal"]
     with pytest.raises(PredictionError, match="'0:0:0'.*proposal"):
-        ProposalMeanIoU().update(random_records(15, 3, proposals=False))
+        metrics_from_records(records)
 
 
 def test_per_group_matches_numpy():
@@ -641,71 +596,16 @@ def test_per_group_matches_numpy():
         assert values["n"] == len(members) == 30
         assert values["PointM"] == pytest.approx(np.mean([r["point_hit"] for r in members]))
         assert values["mIoU"] == pytest.approx(np_metrics(members)["mIoU"], abs=1e-12)
-    assert MetricSet.per_group(records) == groups
 
 
-def test_sync_without_distributed_is_a_no_op():
-    metric = PointM()
-    metric.update(random_records(17, 10))
-    before = metric.state()
-    metric.sync()
-    assert metric.state() == before
-
-
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    def work(rank, world, store, records_path, out_dir):
-        from refbench.metrics.accumulators import MetricSet
-        dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
-        calls = []
-        original = dist.all_reduce
-        def counting(*args, **kwargs):
-            calls.append(1)
-            return original(*args, **kwargs)
-        dist.all_reduce = counting
-        records = json.load(open(records_path))
-        metric_set = MetricSet(proposals=True)
-        mine = records[rank::world]
-        for start in range(0, len(mine), 7):
-            metric_set.update(mine[start:start + 7])
-        metric_set.sync()
-        result = {"metrics": metric_set.compute(), "calls": len(calls)}
-        with open(f"{out_dir}/rank{rank}.json", "w") as handle:
-            json.dump(result, handle)
-        dist.destroy_process_group()
-
-    if __name__ == "__main__":
-        store, records_path, out_dir = sys.argv[1:4]
-        import refbench.metrics.accumulators  # noqa: F401  (imported once, before forking)
-        mp.start_processes(
-            work, args=(2, store, records_path, out_dir), nprocs=2, join=True,
-            start_method="fork",
-        )
-    """
-)
-
-
-def test_two_process_gloo_sync_equals_one_process(tmp_path):
+def test_metrics_from_records_are_identical_for_interleaved_shards():
+    """A sharded run gathers its records per sample, interleaved by rank: same numbers exactly."""
     records = random_records(18, 101)
-    (tmp_path / "records.json").write_text(json.dumps(records))
-    (tmp_path / "worker.py").write_text(WORKER)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    subprocess.run(
-        [sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "store"),
-         str(tmp_path / "records.json"), str(tmp_path)],
-        check=True, env=env, timeout=120, capture_output=True,
-    )
-    expected = MetricSet.from_records(records)
-    for rank in range(2):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert result["calls"] == 1  # one all_reduce for the whole MetricSet
-        assert list(result["metrics"]) == list(expected)
-        for name, value in expected.items():
-            assert result["metrics"][name] == pytest.approx(value, abs=1e-12), name
+    expected = metrics_from_records(records)
+    for world in (2, 3, 8):
+        gathered = [r for rank in range(world) for r in records[rank::world]]
+        assert metrics_from_records(gathered) == expected
+    assert metrics_from_records(records[::-1]) == expected
 
 
 def test_select_proposal_fast_path_equals_scoring_every_proposal():

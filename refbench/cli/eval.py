@@ -14,12 +14,6 @@ from refbench.cli.options import data_root_option
 from refbench.device import check_device
 from refbench.errors import ConfigError, DataError, OutputError
 
-METRIC_ORDER = (
-    "PointM", "mIoU", "oIoU", "Hit", "BackgroundPeaks", "PropMIoU", "PropOIoU", "OracleMIoU",
-    "OracleOIoU",
-)
-
-
 # A value that starts like JSON (a number, list, object or quoted string) must be JSON.
 _JSON_START = re.compile(r'[\[{"\-+.0-9]')
 
@@ -86,11 +80,11 @@ def metrics_table(result: dict[str, Any], title: str) -> Any:
     """A rich table of the metrics (x100, 2 decimals)."""
     from rich.table import Table
 
+    from refbench.metrics.table import ordered
+
     metrics = result.get("metrics", {})
     table = Table(title=title)
-    names = [m for m in METRIC_ORDER if m in metrics] + [
-        m for m in metrics if m not in METRIC_ORDER
-    ]
+    names = ordered(metrics)
     table.add_column("n", justify="right")
     for name in names:
         table.add_column(name, justify="right")

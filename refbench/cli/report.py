@@ -58,6 +58,7 @@ def leaderboard_command(
     all_runs: bool, strict: bool, standalone: bool,
 ) -> None:
     """Tabulate run folders (and, with --reported, published numbers) as in PCNet's Table 1."""
+    from refbench.metrics.table import DEFAULT_BLOCKS
     from refbench.report import leaderboard as lb
     from refbench.report.reported import load_reported
     from refbench.report.runs import find_runs
@@ -73,7 +74,7 @@ def leaderboard_command(
             if table.empty:
                 raise ConfigError(f"no reported row has a source containing {reported_source!r}")
     board = lb.build_leaderboard(
-        runs, table, metrics=_listed(metrics) or lb.DEFAULT_METRICS,
+        runs, table, metrics=_listed(metrics) or DEFAULT_BLOCKS,
         splits=_listed(splits) or lb.DEFAULT_SPLITS, all_runs=all_runs, strict=strict, ci=ci,
         n_resamples=resamples, seed=seed, resample_by=resample_by,
     )
@@ -106,6 +107,7 @@ def compare_command(
     """Paired bootstrap test of A − B over the same expressions of two runs."""
     import pandas as pd
 
+    from refbench.metrics.table import get_metric
     from refbench.report.bootstrap import available_metrics, paired_bootstrap
     from refbench.report.runs import load_run
 
@@ -115,7 +117,7 @@ def compare_command(
     wanted = _listed(metrics)
     if not wanted:
         both = [m for m in available_metrics(records_a) if m in available_metrics(records_b)]
-        wanted = [m for m in both if m in ("PointM", "mIoU", "oIoU") or m.startswith(("Prop", "Oracle"))]
+        wanted = [m for m in both if get_metric(m).default]
     results = paired_bootstrap(records_a, records_b, wanted, resamples, level, seed, resample_by)
     p = precision
     rows = [

@@ -1,8 +1,9 @@
 """Batched plain functions behind every metric: resizing, peaks, hits, masks, IoU, proposals.
 
 All functions work on torch tensors with E expressions of one image stacked on dim 0; none
-loops over pixels. docs/metrics.md states each convention; the metric twins at the bottom
-(`point_m`, `mean_iou`, ...) are the plain-function forms of the accumulators.
+loops over pixels. docs/metrics.md states each convention; the metric reductions at the bottom
+(`fraction_true`, `mean_iou`, `overall_iou`) are what `refbench.metrics.records` applies to
+the fields `refbench.metrics.table` names; `point_m` and `hit_rate` score peaks directly.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def oracle_proposal(proposals: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tens
     return best, inter[rows, best], union[rows, best]
 
 
-# ---- metric twins: the plain-function forms of the accumulators ----------------------------
+# ---- metric reductions (refbench.metrics.table's aggregates) --------------------------------
 
 
 def _ratio(numerator: float, denominator: float) -> float:

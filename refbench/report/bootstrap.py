@@ -21,52 +21,31 @@ from typing import Any
 import numpy as np
 
 from refbench.errors import ConfigError, DataError
-
-# metric -> (kind, record fields): "mean" of a 0/1 field, "miou" / "oiou" of (inter, union)
-METRIC_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "PointM": ("mean", ("point_hit",)),
-    "Hit": ("mean", ("box_hit",)),
-    "BackgroundPeaks": ("mean", ("on_background",)),
-    "mIoU": ("miou", ("inter", "union")),
-    "oIoU": ("oiou", ("inter", "union")),
-    "PropMIoU": ("miou", ("proposal.inter", "proposal.union")),
-    "PropOIoU": ("oiou", ("proposal.inter", "proposal.union")),
-    "OracleMIoU": ("miou", ("proposal.oracle_inter", "proposal.oracle_union")),
-    "OracleOIoU": ("oiou", ("proposal.oracle_inter", "proposal.oracle_union")),
-}
+from refbench.metrics.table import METRIC_NAMES, field_value, get_metric
 
 # resamples x expressions drawn at once: bounds memory to ~40 MB of indices
 _CHUNK_ELEMENTS = 5_000_000
 
 
-def _field(record: dict[str, Any], name: str) -> Any:
-    value: Any = record
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def metric_arrays(records: Sequence[dict[str, Any]], metric: str) -> tuple[str, list[np.ndarray]]:
     """The per-record arrays behind `metric` ([n] each) and how they reduce; `DataError` if absent."""
-    if metric not in METRIC_FIELDS:
-        raise ConfigError(f"no bootstrap for metric {metric!r}; choose from {', '.join(METRIC_FIELDS)}")
-    kind, names = METRIC_FIELDS[metric]
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"no bootstrap for metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
+    spec = get_metric(metric)
     arrays = []
-    for name in names:
-        values = [_field(r, name) for r in records]
+    for name in spec.fields:
+        values = [field_value(r, name) for r in records]
         if any(v is None for v in values):
             missing = next(r.get("key", "?") for r, v in zip(records, values) if v is None)
             raise DataError(f"metric {metric} needs '{name}' in every record; record {missing} has none")
         arrays.append(np.asarray(values, dtype=np.float64))
-    return kind, arrays
+    return spec.aggregate, arrays
 
 
 def available_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
     """The metrics every record carries the fields for."""
     names = []
-    for metric in METRIC_FIELDS:
+    for metric in METRIC_NAMES:
         try:
             metric_arrays(records, metric)
         except DataError:
@@ -80,10 +59,10 @@ RESAMPLE_UNITS = ("auto", "image", "expression")
 
 def _ratio_parts(kind: str, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(numerator, denominator) per record [n]: each metric is sum(num) / sum(den)."""
-    if kind == "mean":
+    if kind == "fraction":
         return arrays[0], np.ones_like(arrays[0])
     inter, union = arrays
-    if kind == "miou":
+    if kind == "mean_iou":
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0), np.ones_like(inter)
     return inter, union
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from refbench.data.splits import SPLITS, get_split
 from refbench.errors import ConfigError, DataError, UnknownNameError
+from refbench.metrics.table import BLOCKS, DEFAULT_BLOCKS, block_metrics, get_metric
 from refbench.report.runs import Run
 
 FAMILY_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "synth": "SynthRef"}
@@ -29,18 +30,7 @@ FAMILY_SPLITS = {
     "synth": ["synth-val", "synth-test"],
 }
 DEFAULT_SPLITS = ("refcoco", "refcoco+", "refcocog")
-METRICS = ("PointM", "mIoU", "oIoU", "Hit", "BackgroundPeaks")
-DEFAULT_METRICS = ("PointM", "mIoU", "oIoU")
-LOWER_IS_BETTER = {"BackgroundPeaks"}
 RANKED_SUPERVISION = {"weak"}
-# metric block -> metrics.json keys that fill it: (key, segmentor, supervision)
-MEASURED_SOURCES: dict[str, list[tuple[str, str, str]]] = {
-    "PointM": [("PointM", "no", "weak")],
-    "mIoU": [("mIoU", "no", "weak"), ("PropMIoU", "yes", "weak"), ("OracleMIoU", "yes", "oracle")],
-    "oIoU": [("oIoU", "no", "weak"), ("PropOIoU", "yes", "weak"), ("OracleOIoU", "yes", "oracle")],
-    "Hit": [("Hit", "no", "weak")],
-    "BackgroundPeaks": [("BackgroundPeaks", "no", "weak")],
-}
 CHANCE_LABELS = {
     "random_point": "chance: random point",
     "random_object": "chance: random object",
@@ -201,7 +191,7 @@ def _chance_levels(metrics: dict[str, Any], template: str | None) -> dict[str, f
 def build_leaderboard(
     runs: Sequence[Run] = (),
     reported: pd.DataFrame | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] = DEFAULT_BLOCKS,
     splits: Sequence[str] = DEFAULT_SPLITS,
     all_runs: bool = False,
     strict: bool = False,
@@ -218,8 +208,8 @@ def build_leaderboard(
     `ConfigError` with `strict`). Intervals (`ci`) resample by `resample_by` (bootstrap.py).
     """
     for metric in metrics:
-        if metric not in METRICS:
-            raise UnknownNameError(f"unknown --metric {metric!r}; choose from {', '.join(METRICS)}")
+        if metric not in BLOCKS:
+            raise UnknownNameError(f"unknown --metric {metric!r}; choose from {', '.join(BLOCKS)}")
     split_ids = resolve_splits(splits)
     synthetic = any(get_split(s).is_synthetic for s in split_ids)
     runs = [r for r in runs if r.split in split_ids]
@@ -286,7 +276,7 @@ def build_leaderboard(
 
         for group_runs in chosen.values():
             for run in group_runs.values():
-                wanted = [k for b in blocks for k, _, _ in MEASURED_SOURCES.get(b, [])]
+                wanted = [spec.name for b in blocks for spec in block_metrics(b)]
                 # a metric whose per-record fields are absent keeps its value, without interval
                 present = available_metrics(run.records())
                 wanted = [k for k in dict.fromkeys(wanted) if k in run.metrics["metrics"] and k in present]
@@ -314,25 +304,23 @@ def build_leaderboard(
             values = run.metrics["metrics"]
             cis = intervals.get(str(run.path), {})
             for block in blocks:
-                sources = MEASURED_SOURCES.get(block)
                 if block.startswith("PointM: "):
                     stats = (run.metrics.get("per_template") or {}).get(block[len("PointM: "):])
-                    sources = []
                     if isinstance(stats, dict) and stats.get("PointM") is not None:
                         fields = {"method": label, "source": "measured", "backbone": backbone,
                                   "segmentor": "no", "supervision": "weak", "protocol": protocol,
                                   "note": marker}
                         add(block, fields, split, 100 * float(stats["PointM"]))
-                for key, segmentor, supervision in sources or []:
-                    if values.get(key) is None:
+                for spec in block_metrics(block):
+                    if values.get(spec.name) is None:
                         continue
-                    method = label if supervision != "oracle" else f"Oracle ({first.config.get('proposals') or 'proposals'})"
+                    method = label if spec.supervision != "oracle" else f"Oracle ({first.config.get('proposals') or 'proposals'})"
                     fields = {"method": method, "source": "measured", "backbone": backbone,
-                              "segmentor": segmentor, "supervision": supervision,
+                              "segmentor": spec.segmentor, "supervision": spec.supervision,
                               "protocol": protocol, "note": marker}
-                    interval = cis.get(key)
+                    interval = cis.get(spec.name)
                     low, high = (100 * interval.low, 100 * interval.high) if interval else (math.nan, math.nan)
-                    add(block, fields, split, 100 * float(values[key]), low, high)
+                    add(block, fields, split, 100 * float(values[spec.name]), low, high)
     if len(protocols) > 1:
         described = "; ".join(f"{p} ({', '.join(m)})" for p, m in protocols.items())
         if strict:
@@ -409,7 +397,7 @@ def rank_marks(table: pd.DataFrame, split_ids: Sequence[str], precision: int = 1
     marks = pd.DataFrame("", index=table.index, columns=list(split_ids))
     ranked = table[table["supervision"].isin(RANKED_SUPERVISION)]
     for (block, _), group in ranked.groupby(["block", "segmentor"], sort=False):
-        lower = block in LOWER_IS_BETTER
+        lower = block in BLOCKS and not get_metric(block).higher_is_better
         for split in split_ids:
             values = group[split].dropna().round(precision)
             distinct = sorted(set(values), reverse=not lower)

@@ -1,7 +1,7 @@
 """Numbers reported in papers, read from ``leaderboards/reported.csv``.
 
 Columns: method, backbone, segmentor (yes / no / n/a), supervision (weak / full / oracle),
-metric, split (a split id), value (percent, as printed), source (paper and table).
+metric (a leaderboard block, `refbench.metrics.table.BLOCKS`), split (a split id), value (percent, as printed), source (paper and table).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pandas as pd
 
 from refbench.data.splits import SPLITS
 from refbench.errors import DataError
+from refbench.metrics.table import BLOCKS
 
 COLUMNS = ["method", "backbone", "segmentor", "supervision", "metric", "split", "value", "source"]
 SEGMENTOR_VALUES = {"yes", "no", "n/a"}
@@ -41,6 +42,8 @@ def load_reported(path: str | Path | None = None) -> pd.DataFrame:
     frame = frame[COLUMNS].copy()
     for number, row in enumerate(frame.itertuples(index=False), start=2):
         where = f"{path} line {number}"
+        if row.metric not in BLOCKS:
+            raise DataError(f"{where}: unknown metric {row.metric!r}; use one of {', '.join(BLOCKS)}")
         if row.split not in SPLITS:
             raise DataError(f"{where}: unknown split {row.split!r}")
         if row.segmentor not in SEGMENTOR_VALUES:
