@@ -122,20 +122,16 @@ PAPER_CONFIG: dict[str, Any] = {
 }
 
 # SynthRef / CPU: the same architecture with tiny widths, trained from scratch on 96 px scenes.
-# What it takes to localise there at all (plugins/pcnet/README.md, "SynthRef results"):
-# - stride 4 (ResNet layer 1, a 24x24 map): at stride 8 the peak landed next to the object
-#   and PointM stayed near chance; coordinate channels let "left" be said;
-# - the hashed-word BiGRU text encoder: a random-init CLIP text transformer scored every
-#   sentence alike on some seeds (L_cls stuck at ln B);
-# - symmetric InfoNCE with mean+max pooling: the paper's BCE (1 positive, B - 1 negatives)
-#   sat at the all-negative solution;
-# - ADD modulation without other images' cues: with VTA+TTA the query mixes in the image's own
-#   features and the peaks went to the background;
+# Why each setting (the measurements: docs/reports/2026-12-01-synthref-pcnet-study.md):
+# - stride 4 (ResNet layer 1, a 24x24 map): at stride 8 the peak lands beside a 13-28 px object;
+#   coordinate channels let a map say where "left" is;
+# - the hashed-word BiGRU text encoder: a random-init CLIP text tower can score every sentence
+#   alike (L_cls stuck at ln B);
+# - symmetric InfoNCE with mean+max pooling: the paper's BCE sits at the all-negative solution;
+# - ADD modulation without other images' cues: a text-only query keeps peaks off the background;
 # - the "exclusive" IaD: Eq. 9 has no gradient when both texts pick the same proposal;
-# - lr 1e-3: at 3e-3 one of the two seeds tried put most peaks on the background;
-# - background_weight 1: without it one seed in three put 42% of its peaks on the background
-#   (synth-val PointM 0.448 / 0.444 / 0.271 for seeds 0/1/2); with it 0.457 / 0.448 / 0.446,
-#   2-9% of peaks on the background.
+# - lr 1e-3: at 3e-3 some seeds put most peaks on the background;
+# - background_weight 1: without it some seeds put their peaks on the background.
 SMALL_PRESET: dict[str, Any] = {
     "preset": "small",
     "backbone_weights": None,
@@ -150,9 +146,8 @@ SMALL_PRESET: dict[str, Any] = {
     "negative_cues": False,
     "iad_form": "exclusive",
     "background_weight": 1.0,
-    # Proposals are kept largest first; on SynthRef's 96 px scenes the 8 largest felzenszwalb
-    # segments are background pieces (the target is among them for 7.5% of synth-val refs; 69%
-    # with 16, 100% with 40), so RaS/IaD need all of them.
+    # Proposals are kept largest first and the largest are background pieces, so RaS/IaD need
+    # all of them.
     "num_proposals": 40,
     "input_size": 96,
     "lr": 1e-3,
