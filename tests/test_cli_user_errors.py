@@ -15,7 +15,7 @@ import pytest
 
 from refbench.api import validate_base_config, validate_training_config
 from refbench.cli import main
-from refbench.cli.eval import parse_overrides
+from refbench.cli.options import parse_overrides
 from refbench.errors import ConfigError
 from tests.test_train_cli import _train, train_plugin  # noqa: F401 - the fixture is used
 

@@ -10,7 +10,8 @@ import click
 
 from refbench.cli.options import SET_HELP, check_overrides, data_root_option, parse_overrides
 from refbench.device import check_device
-from refbench.errors import ConfigError, DataError, OutputError
+from refbench.errors import DataError, OutputError
+
 
 def open_dataset(split: str, data_root: str | None) -> Any:
     """The split's reader (see refbench.data.roots for where its files are looked up)."""

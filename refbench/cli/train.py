@@ -14,8 +14,7 @@ from typing import Any
 
 import click
 
-from refbench.cli.eval import SET_HELP
-from refbench.cli.options import data_root_option
+from refbench.cli.options import SET_HELP, data_root_option, parse_overrides
 from refbench.errors import CheckpointError, ConfigError, DataError
 
 CHECKPOINT_NAME = "last.pt"
@@ -164,7 +163,7 @@ def train_command(
     import torch
 
     from refbench.api import TrainableModel
-    from refbench.cli.eval import open_dataset, parse_overrides
+    from refbench.data.roots import open_split
     from refbench.data.splits import get_split
     from refbench.device import check_device
     from refbench.eval import distributed
@@ -197,8 +196,8 @@ def train_command(
     out_root = Path(out_dir)
     resume_dir = find_resume_dir(out_root, model_name, split, resume) if resume else None
 
-    dataset = open_dataset(split, data_root)
-    val_dataset = open_dataset(val_split, data_root) if val_split else None
+    dataset = open_split(split, data_root)
+    val_dataset = open_split(val_split, data_root) if val_split else None
     ctx = distributed.setup(device)
     # batch size vs the population (images or refs, as the trainer samples) and warm-up vs the
     # run's length, before any model or cache
