@@ -326,7 +326,7 @@ def speed_provenance(entries: Sequence[Any]) -> str:
     """A header line saying where and when the speeds behind the steps were measured.
 
     Equal-time comparisons hold only between speeds measured under the same load; a grid
-    extended in a later session mixes them, and this line shows it.
+    extended later, under another load, mixes them, and this line shows it.
     """
     dated = [e for e in entries if isinstance(e, dict) and e.get("measured")]
     parts = []
