@@ -1,4 +1,8 @@
-"""Exact sharding for evaluation under torchrun: no padded duplicates, gathered per sample.
+"""torchrun's process group, and exact sharding for evaluation: no padded duplicates,
+gathered per sample.
+
+Training and evaluation join the process group through `join_process_group` (and read their
+place from `env_ranks`), so both pick the same backend and GPU.
 
 Each rank takes image indices ``rank::world_size``; after every step the ranks' records are
 gathered to rank 0, which alone writes the run folder. Ranks with fewer batches send empty
@@ -41,17 +45,36 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str) -> DistContext:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), owns_group=False)
+def env_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
     world_size = env_world_size()
     if world_size <= 1:
-        return DistContext()
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def join_process_group(device: str | torch.device) -> bool:
+    """Join torchrun's process group unless this process already has; True when it joined.
+
+    On CUDA this rank's GPU (LOCAL_RANK) is selected first and the backend is nccl; on any
+    other device it is gloo.
+    """
+    if dist.is_initialized():
+        return False
     cuda = str(device).startswith("cuda")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def setup(device: str) -> DistContext:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), owns_group=False)
+    if env_world_size() <= 1:
+        return DistContext()
+    join_process_group(device)
     return DistContext(dist.get_rank(), dist.get_world_size(), owns_group=True)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 from refbench.api import TrainableModel, validate_training_config
 from refbench.data.transforms import ModelImageTransform
 from refbench.errors import CheckpointError, ConfigError, DataError
+from refbench.eval import distributed
 from refbench.io import append_jsonl, atomic_write_text, ensure_dir, exclusive_lock, read_jsonl
 from refbench.nn.schedule import poly_lr_lambda
 from refbench.train.checkpoint import (
@@ -90,14 +90,6 @@ class TrainingStepModule(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         return self.model.training_step(batch)
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _default_evaluate(model: Any, dataset: Any, **kwargs: Any) -> Mapping[str, Any]:
@@ -164,7 +156,7 @@ class Trainer:
         self.evaluate_fn = evaluate_fn or _default_evaluate
         self.eval_kwargs = dict(eval_kwargs or {})
         self.progress = progress
-        self.rank, self.world_size, self.local_rank = _distributed()
+        self.rank, self.world_size, self.local_rank = distributed.env_ranks()
         self.is_main = self.rank == 0
 
         if device is None:
@@ -282,11 +274,7 @@ class Trainer:
         self.step_module = TrainingStepModule(self.model)
         self.wrapped: nn.Module = self.step_module
         if self.world_size > 1:
-            if not dist.is_initialized():
-                backend = "nccl" if self.device.type == "cuda" else "gloo"
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)
-                dist.init_process_group(backend)
+            distributed.join_process_group(self.device)
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.step_module, find_unused_parameters=find_unused_parameters
             )
