@@ -1,5 +1,5 @@
 """Train PCNet (small preset) on SynthRef on CPU and print PointM overall, per template and the
-share of peaks on the background (the figures of the README's "SynthRef results").
+share of peaks on the background (the figures of docs/reports/2026-12-01-synthref-pcnet-study.md).
 
     PYTHONPATH=$PWD:$PWD/plugins/pcnet python plugins/pcnet/benchmarks/synthref_learning.py \
         --seed 0 --epochs 3 --train-images 4000 --set num_stages=1 ras=false iad=false
