@@ -12,6 +12,7 @@ from PIL import Image
 
 from refbench.api import Batch, Prediction, RISModel
 from refbench.cli import cli
+from refbench.data.refer import ReferDataset
 from refbench.errors import ConfigError, DataError
 from refbench.report.figures import compute_items, plot_curves, show_compare, show_run
 from refbench.report.runs import load_run
@@ -51,7 +52,7 @@ def test_show_center_end_to_end(tiny, tmp_path) -> None:
     assert _png_size(out) == (720, 720)
 
 
-def test_center_map_peak_is_the_image_centre(tiny) -> None:
+def test_center_map_peak_is_the_image_centre(tiny, tmp_path) -> None:
     info, run, _ = tiny
     key = "{}:{}:{}".format(*info["splits"]["refcoco-val"]["sentences"][0][:3])
     item = compute_items(load_run(run), [key])[0]
@@ -61,7 +62,10 @@ def test_center_map_peak_is_the_image_centre(tiny) -> None:
     assert abs(item.peak[0] - (height - 1) / 2) <= height / 10 + 0.5
     assert abs(item.peak[1] - (width - 1) / 2) <= width / 10 + 0.5
     ann_id = info["refs"][("refcoco", "unc")][int(key.split(":")[1])]["ann_id"]
-    assert np.array_equal(item.ground_truth, info["masks"][ann_id])
+    # the ground truth the run's protocol (tris) scores: pixels under exactly one polygon
+    once = ReferDataset(tmp_path / "data", "refcoco-val").mask(ann_id, overlap="once")
+    assert np.array_equal(item.ground_truth, once)
+    assert not (item.ground_truth & ~info["masks"][ann_id]).any()
 
 
 class StagedModel(RISModel):
@@ -136,3 +140,49 @@ def test_curves(tmp_path) -> None:
     log.write_text(json.dumps({"step": 1, "lr": 0.1}) + "\n")
     with pytest.raises(DataError, match="no 'loss"):
         plot_curves(log, out)
+
+
+def test_figure_labels_equal_the_runs_predictions(tiny, tmp_path, monkeypatch) -> None:
+    """A figure's peaks and hit/miss labels are the run's, whether read from predictions.jsonl
+    or recomputed by the run's protocol (the old align_corners=False resize disagreed)."""
+    import torch.nn.functional as F
+
+    from refbench.data.transforms import ModelImageTransform
+    from refbench.eval.runner import evaluate
+    from refbench.registry import load_model
+    from refbench.report import figures
+
+    dataset = ReferDataset(tmp_path / "data", "refcoco-val")
+    model = load_model("random", input_size=32, map_size=10, seed=3)
+    result = evaluate(model, dataset, protocol="tris", out_dir=tmp_path / "runs", progress=False)
+    run = load_run(result["run_dir"])
+    records = {r["key"]: r for r in run.records()}
+    keys = sorted(records)
+    titles: list[str] = []
+
+    def keep_titles(figure, out):
+        titles.extend(axis.get_title() for axis in figure.axes[2::3])
+        return len(figure.axes)
+
+    monkeypatch.setattr(figures, "save_figure", keep_titles)
+    show_run(run, tmp_path / "show.png", keys=keys)
+    assert titles == [f"random {'hit' if records[k]['point_hit'] else 'miss'}" for k in keys]
+
+    recomputed = load_run(result["run_dir"])
+    recomputed._records = [{"key": k} for k in keys]  # no recorded peaks: the protocol decides
+    for source in (run, recomputed):
+        items = compute_items(source, keys)
+        assert [i.peak for i in items] == [tuple(records[k]["peak"]) for k in keys]
+        assert [i.hit for i in items] == [records[k]["point_hit"] for k in keys]
+
+    # the resize the figures used to do moves some peaks: this test would have caught it
+    old_peaks = []
+    for item in compute_items(recomputed, keys):
+        expression = next(e for e in dataset.expressions("all") if e.key == item.key)
+        image = dataset.load_image(expression.image_id)
+        batch = Batch(ModelImageTransform.for_model(model.config)(image)[None], [[expression]])
+        maps = model.predict(batch).response_maps[:, None].float()
+        resized = F.interpolate(maps, size=image.shape[:2], mode="bilinear", align_corners=False)
+        old = np.unravel_index(int(np.argmax(resized[0, 0].numpy())), image.shape[:2])
+        old_peaks.append((int(old[0]), int(old[1])))
+    assert old_peaks != [tuple(records[k]["peak"]) for k in keys]

@@ -2,7 +2,11 @@
 (Fig. 9), methods side by side on the same expressions (Fig. 10), and training curves.
 
 Run folders do not store response maps, so `refbench show` recomputes them: the model is rebuilt
-from the run's config.json (model, model_config, checkpoint) and run on the run's split.
+from the run's config.json (model, model_config, checkpoint) and run on the run's split, with the
+runner's input transform and the run's protocol (its resize, normalisation, peak rule and
+ground-truth rule, from refbench.metrics). The peak, the stage peaks and the hit/miss label come
+from the run's predictions.jsonl where it holds them, so a figure never disagrees with the
+run's metrics; a recomputed peak that differs from the recorded one is noted on stderr.
 Figures are drawn on a `matplotlib.figure.Figure` with the Agg canvas (no pyplot state).
 """
 
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from refbench.errors import ConfigError, DataError
+from refbench.io import print_note
 from refbench.report.runs import Run
 
 
@@ -24,8 +29,10 @@ from refbench.report.runs import Run
 class MapItem:
     """One expression drawn in a figure.
 
-    image: [H, W, 3] uint8; ground_truth: [H, W] bool; response_map: [H, W] float at the
-    image size; peak: (y, x) argmax of the map; stage_maps: [N, H, W] float or None.
+    image: [H, W, 3] uint8; ground_truth: [H, W] bool (the protocol's ground-truth rule);
+    response_map: [H, W] float, the protocol's map at the image size; peak: (y, x), the run's
+    peak; stage_maps: [N, H, W] float or None, each stage's protocol map; stage_peaks: N (y, x)
+    or None; point_hit: the run's PointM verdict (None: the ground truth at `peak`).
     """
 
     key: str
@@ -35,28 +42,35 @@ class MapItem:
     response_map: np.ndarray
     peak: tuple[int, int]
     stage_maps: np.ndarray | None = None
+    stage_peaks: list[tuple[int, int]] | None = None
+    point_hit: bool | None = None
 
     @property
     def hit(self) -> bool:
-        """The peak falls inside the ground truth (PointM)."""
+        """The peak falls inside the ground truth (PointM), as the run scored it."""
+        if self.point_hit is not None:
+            return self.point_hit
         return bool(self.ground_truth[self.peak])
 
 
-def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]):
-    """[H, W, 3] uint8 -> [3, size, size] float, exactly what the evaluation runner feeds."""
-    from refbench.data.transforms import ModelImageTransform
+def run_protocol(run: Run):
+    """The `Protocol` a run was scored with (the default protocol when it records none)."""
+    from refbench.metrics.protocols import DEFAULT_PROTOCOL, get_protocol
 
-    return ModelImageTransform(size, mean, std)(image)
+    return get_protocol(run.metrics.get("protocol") or run.config.get("protocol")
+                        or DEFAULT_PROTOCOL)
 
 
-def _to_image_size(maps, height: int, width: int) -> np.ndarray:
-    """[E, h, w] (or [E, N, h, w]) tensor -> bilinearly resized NumPy at [.., H, W] (TRIS protocol)."""
-    import torch.nn.functional as F
+def _protocol_maps(maps, height: int, width: int, protocol: Any) -> tuple[np.ndarray, list]:
+    """Maps [E, h, w] -> (the protocol's maps [E, H, W] as NumPy, their peaks [(y, x)] * E)."""
+    from refbench.metrics.functional import peak_yx, protocol_maps
 
-    shape = maps.shape
-    flat = maps.detach().float().cpu().reshape(-1, 1, shape[-2], shape[-1])
-    resized = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)
-    return resized.reshape(*shape[:-2], height, width).numpy()
+    resized = protocol_maps(maps.detach().float().cpu(), (height, width), protocol)
+    return resized.numpy(), [(int(y), int(x)) for y, x in peak_yx(resized).tolist()]
+
+
+def _yx(value: Any) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
 
 
 def load_run_model(run: Run, device: str = "cpu"):
@@ -88,38 +102,60 @@ def compute_items(
     run: Run, keys: Sequence[str], data_root: str | Path | None = None, model: Any = None,
     device: str = "cpu",
 ) -> list[MapItem]:
-    """Recompute response maps of `run`'s model for `keys` on the run's split."""
+    """Recompute response maps of `run`'s model for `keys` on the run's split.
+
+    Maps are the run's protocol maps; peaks, stage peaks and hits are the run's records where
+    they hold them, else computed by the protocol's rules (what the runner would record).
+    """
     import torch
 
     from refbench.api import Batch
     from refbench.data.refer import ReferDataset
+    from refbench.data.transforms import ModelImageTransform
 
     root = data_root or run.config.get("data_root")
     if not root:
         raise ConfigError(f"run {run.path} records no data_root; pass --data-root")
     dataset = ReferDataset(root, run.split)
     expressions = {e.key: e for e in dataset.expressions("all")}
+    records = {str(r["key"]): r for r in run.records()}
+    protocol = run_protocol(run)
     model = model if model is not None else load_run_model(run, device)
-    size, mean, std = int(model.config["input_size"]), model.config["mean"], model.config["std"]
+    transform = ModelImageTransform.for_model(model.config)  # as the runner builds it
     items: list[MapItem] = []
+    moved: list[str] = []
     for key in keys:
         expression = expressions.get(key)
         if expression is None:
             raise DataError(f"split {run.split} under {root} has no expression {key}")
+        record = records.get(key, {})
         image = dataset.load_image(expression.image_id)
         height, width = image.shape[:2]
-        batch = Batch(preprocess(image, size, mean, std)[None].to(device), [[expression]])
+        batch = Batch(transform(image)[None].to(device), [[expression]])
         with torch.no_grad():
             prediction = model.predict(batch)
         prediction.check(batch)
-        response = _to_image_size(prediction.response_maps, height, width)[0]
-        stages = None
+        responses, peaks = _protocol_maps(prediction.response_maps, height, width, protocol)
+        peak = _yx(record["peak"]) if record.get("peak") is not None else peaks[0]
+        if peak != peaks[0]:
+            moved.append(key)
+        stages, stage_peaks = None, None
         if prediction.stage_maps is not None:
-            stages = _to_image_size(prediction.stage_maps, height, width)[0]
-        peak = np.unravel_index(int(np.argmax(response)), response.shape)
+            stages, stage_peaks = _protocol_maps(prediction.stage_maps[0], height, width, protocol)
+            if record.get("stage_peaks") is not None:
+                stage_peaks = [_yx(p) for p in record["stage_peaks"]]
+        hit = record.get("point_hit")
         items.append(
-            MapItem(key, expression.text, image, dataset.mask(expression.ann_id), response,
-                    (int(peak[0]), int(peak[1])), stages)
+            MapItem(key, expression.text, image,
+                    np.asarray(dataset.mask(expression.ann_id, overlap=protocol.gt_overlap),
+                               dtype=bool),
+                    responses[0], peak, stages, stage_peaks, None if hit is None else bool(hit))
+        )
+    if moved:
+        print_note(
+            f"the model's map now peaks elsewhere than run {run.path} recorded for "
+            f"{len(moved)} of {len(items)} expressions (first: {moved[0]}); the figure marks the "
+            "recorded peaks and verdicts"
         )
     return items
 
@@ -139,10 +175,15 @@ def _normalised(response: np.ndarray) -> np.ndarray:
     return (response - low) / (high - low) if high > low else np.zeros_like(response)
 
 
-def draw_map(axis, item: MapItem, response: np.ndarray, title: str) -> None:
+def draw_map(
+    axis, item: MapItem, response: np.ndarray, title: str, peak: tuple[int, int] | None = None
+) -> None:
+    """`response` [H, W] over the image with a star at `peak` (default: the map's first maximum,
+    the protocol's peak rule)."""
     axis.imshow(item.image)
     axis.imshow(_normalised(response), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-    peak = np.unravel_index(int(np.argmax(response)), response.shape)
+    if peak is None:
+        peak = np.unravel_index(int(np.argmax(response)), response.shape)
     # the paper marks peaks in green (Fig. 3)
     axis.plot([peak[1]], [peak[0]], marker="*", color="lime", markersize=12, markeredgecolor="black")
     axis.set_title(title, fontsize=8)
@@ -172,6 +213,11 @@ def save_figure(figure, out: str | Path) -> int:
     return len(figure.axes)
 
 
+def verdict(item: MapItem) -> str:
+    """The label a map panel carries: ``hit`` or ``miss``, the run's PointM verdict."""
+    return "hit" if item.hit else "miss"
+
+
 def draw_show(items: Sequence[MapItem], out: str | Path, label: str = "") -> int:
     """One row per item: image + sentence, ground truth, map with peak, each stage's map.
 
@@ -183,10 +229,12 @@ def draw_show(items: Sequence[MapItem], out: str | Path, label: str = "") -> int
     figure, axes = new_figure(len(items), 3 + stages)
     for row, item in zip(axes, items):
         draw_inputs(row, item)
-        draw_map(row[2], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}".strip())
+        draw_map(row[2], item, item.response_map, f"{label} {verdict(item)}".strip(), item.peak)
         for number in range(stages):
             if item.stage_maps is not None and number < item.stage_maps.shape[0]:
-                draw_map(row[3 + number], item, item.stage_maps[number], f"stage {number + 1}")
+                peak = item.stage_peaks[number] if item.stage_peaks else None
+                draw_map(row[3 + number], item, item.stage_maps[number], f"stage {number + 1}",
+                         peak)
             else:
                 row[3 + number].axis("off")
     return save_figure(figure, out)
@@ -205,7 +253,8 @@ def draw_compare(columns: Sequence[tuple[str, Sequence[MapItem]]], out: str | Pa
         draw_inputs(row, first[index])
         for offset, (label, items) in enumerate(columns):
             item = items[index]
-            draw_map(row[2 + offset], item, item.response_map, f"{label} {'hit' if item.hit else 'miss'}")
+            draw_map(row[2 + offset], item, item.response_map, f"{label} {verdict(item)}",
+                     item.peak)
     return save_figure(figure, out)
 
 
