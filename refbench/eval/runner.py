@@ -237,7 +237,7 @@ def compute_metrics(
     records: list[dict[str, Any]], run_config: dict[str, Any]
 ) -> dict[str, Any]:
     """The metrics.json content for `records` of a run with `run_config`."""
-    from refbench.metrics.accumulators import MetricSet, per_group
+    from refbench.metrics.records import metrics_from_records, per_group
 
     unique = dedupe_records(records)
     result: dict[str, Any] = {
@@ -245,7 +245,7 @@ def compute_metrics(
         "protocol": run_config.get("protocol"),
         "sentences": run_config.get("sentences"),
         "n": len(unique),
-        "metrics": MetricSet.from_records(unique),
+        "metrics": metrics_from_records(unique),
     }
     if any("template" in record for record in unique):
         result["per_template"] = per_group(unique, key="template")
