@@ -9,7 +9,6 @@ point, proposal selection and metrics, so that every method is scored by the sam
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import math
 import re
@@ -21,7 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from refbench.errors import CheckpointError, ConfigError, PredictionError, RefbenchError
+from refbench.errors import (
+    CheckpointError,
+    ConfigError,
+    PredictionError,
+    RefbenchError,
+    did_you_mean,
+)
 
 CHECKPOINT_FORMAT = "refbench-checkpoint/1"
 
@@ -141,8 +146,7 @@ def merge_config(
     merged = copy.deepcopy(dict(defaults))
     for key, value in (overrides or {}).items():
         if key not in merged:
-            close = difflib.get_close_matches(key, list(merged), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, merged, cutoff=0.6, quote=False)
             raise ConfigError(
                 f"{owner} has no config key {key!r}.{hint} Valid keys: {', '.join(sorted(merged))}"
             )

@@ -7,10 +7,9 @@ the refs' ``split`` field, matched as the refer API does.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from refbench.errors import UnknownNameError
+from refbench.errors import UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,5 @@ def get_split(split_id: str) -> SplitInfo:
     """The split `split_id`, or an `UnknownNameError` listing the valid ids."""
     if split_id in SPLITS:
         return SPLITS[split_id]
-    close = difflib.get_close_matches(split_id, list(SPLITS), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(split_id, SPLITS)
     raise UnknownNameError(f"unknown split {split_id!r}.{hint} Valid splits: {', '.join(SPLITS)}")

@@ -9,10 +9,9 @@ This module imports neither torch nor numpy: `refbench list` reads it and must s
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from refbench.errors import UnknownNameError
+from refbench.errors import UnknownNameError, did_you_mean
 
 # Which sentences of a referred object are scored: every one, or only the first one
 # ("first" is what PCNet's released evaluation does: it stops after one sentence per object).
@@ -116,8 +115,7 @@ def get_protocol(name: str | Protocol) -> Protocol:
         return name
     if name in PROTOCOLS:
         return PROTOCOLS[name]
-    close = difflib.get_close_matches(str(name), list(PROTOCOLS), n=2, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(str(name), PROTOCOLS, n=2)
     raise UnknownNameError(
         f"unknown protocol {name!r}.{hint} Valid protocols: {', '.join(PROTOCOLS)}"
     )

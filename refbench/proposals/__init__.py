@@ -6,10 +6,9 @@ at the original image size; `ProposalStore.load` gives a [P, H, W] bool tensor a
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from refbench.errors import UnknownNameError
+from refbench.errors import UnknownNameError, did_you_mean
 from refbench.proposals.importers import import_pcnet_proposals, import_sam_rle_folder
 from refbench.proposals.oracle import oracle_scores
 from refbench.proposals.postprocess import (
@@ -54,11 +53,11 @@ def check_backend_name(dataset: Any, name: str) -> str:
     try:
         load_proposals(dataset, name)
     except DataError:
-        close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.6)
-        if not close:
+        hint = did_you_mean(name, BACKENDS, n=1, cutoff=0.6)
+        if not hint:
             raise  # its message says how to build or import proposals under that name
         raise UnknownNameError(
-            f"unknown proposal backend {name!r}. Did you mean {close[0]!r}? Valid backends: "
+            f"unknown proposal backend {name!r}.{hint} Valid backends: "
             f"{', '.join(BACKENDS)} (or the name proposals were imported under)"
         ) from None
     return name
@@ -74,6 +73,5 @@ def get_backend(name: str, **options: Any):
         from refbench.proposals.sam import SamBackend
 
         return SamBackend(**options)
-    close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, BACKENDS, n=1)
     raise UnknownNameError(f"unknown proposal backend {name!r}.{hint} Valid: {', '.join(BACKENDS)}")
