@@ -33,7 +33,7 @@ from refbench.eval.run_folder import (
     RunFolder,
     open_run,
 )
-from refbench.io import append_jsonl, atomic_write_json, atomic_writer, read_jsonl
+from refbench.io import append_jsonl, atomic_write_json, atomic_writer, encode_rle, read_jsonl
 from refbench.metrics.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 
 
@@ -128,15 +128,6 @@ def collate_groups(items: list[dict[str, Any]]) -> tuple[Batch, list[dict[str, A
     batch = Batch(images, [list(item["expressions"]) for item in items])
     metas = [{k: v for k, v in item.items() if k != "image"} for item in items]
     return batch, metas
-
-
-def encode_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """COCO RLE of an [H, W] bool mask: ``{"size": [H, W], "counts": str}``."""
-    from pycocotools import mask as mask_utils
-
-    array = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    rle = mask_utils.encode(np.asfortranarray(array.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from refbench.errors import ConfigError, OutputError
-from refbench.io import cache_root, ensure_dir, exclusive_lock
+from refbench.io import cache_root, encode_rle, ensure_dir, exclusive_lock
 from refbench.synth.grammar import (
     TEMPLATES,
     Meaning,
@@ -159,7 +158,7 @@ def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[st
             for obj, mask in zip(objects, masks):
                 ann_id += 1
                 ann_ids.append(ann_id)
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                rle = encode_rle(mask)
                 ys, xs = np.nonzero(mask)
                 x0, y0 = int(xs.min()), int(ys.min())
                 annotations.append(
@@ -167,7 +166,7 @@ def _write_dataset(folder: Path, params: SynthParams, seed: int, counts: dict[st
                         "id": ann_id,
                         "image_id": image_id,
                         "category_id": category_ids[obj.shape],
-                        "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
+                        "segmentation": {"size": [size, size], "counts": rle["counts"]},
                         "area": int(mask.sum()),
                         "bbox": [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)],
                         "iscrowd": 0,
