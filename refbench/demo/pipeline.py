@@ -27,7 +27,14 @@ from typing import Any
 from refbench.demo import configs
 from refbench.demo.configs import ModelSpec
 from refbench.errors import ConfigError, OutputError
-from refbench.io import atomic_write_json, atomic_write_text, cache_root, ensure_dir, read_json
+from refbench.io import (
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    ensure_dir,
+    read_json,
+    stable_hash,
+)
 
 TRAIN_SUMMARY = "train_summary.json"
 TRAIN_KEY = "train_key.json"
@@ -55,8 +62,7 @@ def check_cache_writable() -> Path:
 
 def digest(obj: Any) -> str:
     """SHA-256 of the canonical JSON of `obj`."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return stable_hash(obj)
 
 
 def plugin_code_version(model_class: type) -> dict[str, Any]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refbench.errors import DataError
-from refbench.io import lock_holder, lock_is_held, print_note, read_json, read_jsonl
+from refbench.io import lock_holder, lock_is_held, print_note, read_json, read_jsonl, stable_hash
 
 EVAL_LOCK_FILE = ".eval.lock"  # refbench.eval.run_folder.LOCK_FILE (not imported: no torch here)
 # Files only a training run folder holds (refbench train); its val/ runs are eval runs.
@@ -56,8 +54,7 @@ class Run:
     @property
     def config_digest(self) -> str:
         """A short hash of the resolved model config: runs of one model with other settings differ."""
-        text = json.dumps(self.config.get("model_config", {}), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
+        return stable_hash(self.config.get("model_config", {}), 8, compact=False)
 
     def records(self) -> list[dict[str, Any]]:
         """predictions.jsonl, one record per expression key (the first line of a key wins), by key.

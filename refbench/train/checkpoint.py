@@ -8,7 +8,6 @@ Everything in it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from refbench.api import load_checkpoint_file
 from refbench.errors import CheckpointError, describe_differences
-from refbench.io import atomic_writer
+from refbench.io import atomic_writer, canonical_json, sha256_hex
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -33,8 +32,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def training_fingerprint(model_name: str, settings: dict[str, Any]) -> tuple[str, str]:
     """(canonical JSON, sha256) of everything a resumed run must share with the original."""
-    text = json.dumps({"model": model_name, **settings}, sort_keys=True, default=str)
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    text = canonical_json({"model": model_name, **settings}, compact=False)
+    return text, sha256_hex(text)
 
 
 def capture_rng() -> dict[str, Any]:
