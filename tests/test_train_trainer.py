@@ -440,3 +440,23 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     _ddp_worker(sys.argv[1], int(sys.argv[2]))
+
+
+def test_best_checkpoint_follows_the_metric_direction() -> None:
+    """best.pt keeps the highest PointM but the lowest BackgroundPeaks (the metric table)."""
+    from refbench.errors import UnknownNameError
+    from refbench.train.trainer import Trainer, resolve_selection_metric
+
+    def run(metric: str, values: list[float]) -> float:
+        trainer = Trainer.__new__(Trainer)
+        trainer.selection_metric = metric
+        trainer.best = {"metric": metric, "value": None, "epoch": None, "step": None}
+        trainer.epoch = trainer.step = 0
+        for value in values:
+            trainer._select(value)
+        return trainer.best["value"]
+
+    assert run("PointM", [0.2, 0.5, 0.3]) == 0.5
+    assert run("BackgroundPeaks", [0.2, 0.5, 0.1, 0.3]) == 0.1
+    with pytest.raises(UnknownNameError, match="PointM"):
+        resolve_selection_metric({}, "PointMM")

@@ -37,6 +37,7 @@ from refbench.data.transforms import ModelImageTransform
 from refbench.errors import CheckpointError, ConfigError, DataError
 from refbench.eval import distributed
 from refbench.io import append_jsonl, atomic_write_text, ensure_dir, exclusive_lock, read_jsonl
+from refbench.metrics.table import get_metric
 from refbench.nn.schedule import poly_lr_lambda
 from refbench.train.checkpoint import (
     capture_rng,
@@ -56,9 +57,10 @@ DEFAULT_SELECTION_METRIC = "PointM"
 def resolve_selection_metric(config: Mapping[str, Any], metric: str | None = None) -> str:
     """The validation metric that picks best.pt: `metric` when given, else the model config's
     ``selection_metric``, else PointM."""
-    if metric is not None:
-        return metric
-    return str(config.get("selection_metric", DEFAULT_SELECTION_METRIC))
+    name = metric if metric is not None else str(
+        config.get("selection_metric", DEFAULT_SELECTION_METRIC))
+    get_metric(name)  # an unknown name is a one-line error naming the metrics
+    return name
 
 
 def seed_training(seed: int) -> None:
@@ -418,8 +420,12 @@ class Trainer:
         return value
 
     def _select(self, value: float | None) -> bool:
-        """Record `value` as the best so far if it is; True when it is (save best.pt)."""
-        improved = value is not None and (self.best["value"] is None or value > self.best["value"])
+        """Record `value` as the best so far if it is; True when it is (save best.pt). Better
+        is higher or lower as the metric table says (BackgroundPeaks: lower)."""
+        best = self.best["value"]
+        higher = get_metric(self.selection_metric).higher_is_better
+        improved = value is not None and (
+            best is None or (value > best if higher else value < best))
         if improved:
             self.best = {"metric": self.selection_metric, "value": value, "epoch": self.epoch,
                          "step": self.step}
