@@ -281,10 +281,12 @@ def _templates(dataset: Any, groups: dict[int, list[Expression]]) -> dict[str, s
 def _chance(dataset: Any) -> dict[str, Any] | None:
     if not dataset.info.is_synthetic:
         return None
-    from refbench.synth import stats
+    from refbench.data.identity import refs_sha256
+    from refbench.synth import cached_stats
 
-    # Chance levels of PointM (random point, random object, ...), overall and per template.
-    summary = stats(dataset.data_root, dataset.info.id)
+    # Chance levels of PointM (random point, random object, ...), overall and per template;
+    # computed once per refs file and split, then read from the cache.
+    summary = cached_stats(dataset.data_root, dataset.info.id, refs_sha256(dataset))
     per_template = {
         template: {k: v for k, v in values.items() if k != "sentences"}
         for template, values in summary.get("per_template", {}).items()

@@ -13,7 +13,7 @@ from refbench.synth.generate import (
     synth_info,
 )
 from refbench.synth.resolver import Resolver, compatibility, load_resolver
-from refbench.synth.stats import CHANCE_KEYS, load_refs, stats
+from refbench.synth.stats import CHANCE_KEYS, cached_stats, load_refs, stats
 from refbench.synth.variants import SYNTH_VERSION, VARIANTS, SynthParams, get_variant
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "VARIANTS",
     "Resolver",
     "SynthParams",
+    "cached_stats",
     "compatibility",
     "default_root",
     "ensure_synthref",

@@ -20,6 +20,8 @@ every sentence of the split, overall and per template:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from refbench.data.splits import get_split
-from refbench.errors import ConfigError, DataError
+from refbench.errors import ConfigError, DataError, RefbenchError
+from refbench.io import atomic_write_json, cache_root, read_json, stable_hash
 from refbench.safe_pickle import restricted_load
 from refbench.synth.grammar import TEMPLATES
 from refbench.synth.resolver import load_resolver
@@ -36,6 +39,13 @@ from refbench.synth.variants import variant_of_dataset
 CHANCE_KEYS = ("random_point", "random_object", "shape_only", "colour_shape_only",
                "attribute_only")
 _MAX_FALSE_NEGATIVE_PAIRS = 400_000
+# Bump when `stats` changes what it computes: every stored statistics file then misses.
+STATS_FORMAT = 1
+_STATS_KEYS = ("split", "variant", "version", "images", "refs", "sentences", "objects_per_image",
+               "objects_histogram", "refs_per_image", "sentences_per_ref", "distractor_rate",
+               "lookalike_image_rate", "lookalike_sentence_rate", "sentence_length",
+               "template_mix", "false_negative_rate", "overall", "per_template")
+_MEMO: dict[str, dict] = {}
 
 def load_refs(path: Path) -> list[dict]:
     """The refs of a refer-format pickle, read with a restricted unpickler."""
@@ -178,3 +188,72 @@ def _false_negative_rate(resolver, refs: list[dict], image_ids: list[int]) -> fl
     own = np.array([[img == other for other in images] for _, img in pairs])
     off = ~own
     return float(fits[off].mean()) if off.any() else float("nan")
+
+
+def stats_identity(data_root: Path, split_id: str, refs_sha256: str) -> dict:
+    """What `stats` of a split is computed from: the refs file's SHA-256, the split, the
+    SHA-256 of the data set's info.json (generator version, image size) and `STATS_FORMAT`."""
+    info_path = Path(data_root) / get_split(split_id).dataset / "info.json"
+    try:
+        info_sha256 = hashlib.sha256(info_path.read_bytes()).hexdigest()
+    except OSError:
+        raise DataError(f"SynthRef info {info_path} does not exist") from None
+    return {"format": STATS_FORMAT, "split": split_id, "refs_sha256": refs_sha256,
+            "info_sha256": info_sha256}
+
+
+def cached_stats(
+    data_root: Path, split_id: str, refs_sha256: str, cache_dir: str | Path | None = None
+) -> dict:
+    """`stats(data_root, split_id)`, computed once per data set identity (`stats_identity`).
+
+    Memoised in-process, and stored as JSON under ``<cache_dir>/<split>-<16 hex>.json``
+    (default ``cache_root()/synth-stats``) for later processes; the values returned are
+    equal, key order and types included, to a fresh `stats` call. A stored file that is
+    unreadable or records another identity is recomputed and replaced.
+    """
+    identity = stats_identity(data_root, split_id, refs_sha256)
+    key = stable_hash(identity)
+    if key in _MEMO:
+        return copy.deepcopy(_MEMO[key])
+    base = Path(cache_dir) if cache_dir is not None else cache_root() / "synth-stats"
+    path = base / f"{split_id}-{stable_hash(identity, 16)}.json"
+    summary = _read_stored(path, identity)
+    if summary is None:
+        summary = stats(data_root, split_id)
+        try:
+            atomic_write_json(path, {"identity": identity, "stats": summary})
+        except (OSError, RefbenchError):
+            pass  # a read-only cache only costs the next process a recomputation
+    _MEMO[key] = summary
+    return copy.deepcopy(summary)
+
+
+def _read_stored(path: Path, identity: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        stored = read_json(path, "SynthRef statistics")
+        if stored.get("identity") != identity:
+            return None
+        return _restore(stored["stats"])
+    except (DataError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _restore(stored: dict) -> dict:
+    """The `stats` dict back from its JSON form: the computed key order, int histogram keys."""
+    if set(stored) != set(_STATS_KEYS):
+        raise KeyError("stored statistics have other keys")
+    summary = {key: stored[key] for key in _STATS_KEYS}
+    histogram = {int(k): int(v) for k, v in stored["objects_histogram"].items()}
+    summary["objects_histogram"] = dict(sorted(histogram.items()))
+    summary["sentence_length"] = {k: stored["sentence_length"][k] for k in ("mean", "min", "max")}
+    summary["template_mix"] = {t: stored["template_mix"][t] for t in TEMPLATES}
+    summary["overall"] = {k: stored["overall"][k] for k in CHANCE_KEYS}
+    summary["per_template"] = {
+        t: {**{k: stored["per_template"][t][k] for k in CHANCE_KEYS},
+            "sentences": stored["per_template"][t]["sentences"]}
+        for t in TEMPLATES
+    }
+    return summary
