@@ -168,13 +168,11 @@ class PCNet(TrainableModel):
             module.requires_grad_(False)  # computed by the released code, never used
         clip.logit_scale.requires_grad_(False)
         self.visual_projection = VisualProjection(self.backbone.stage_channels(4), dim)
-        self.word_encoder = None
         self.text_projection = TextProjection(self.backbone.embed_dim, dim)
         self.temperature = LearnedTemperature(float(cfg["temperature_init"]))
         # The released optimiser leaves logit_scale out: exp(logit_scale) stays fixed.
         self.temperature.log_scale.requires_grad_(bool(cfg["train_temperature"]))
         self.stages = OfficialStages(dim)
-        self._warned_missing_cues = False
 
     @property
     def reference_evaluation(self) -> dict[str, str]:
