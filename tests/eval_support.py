@@ -7,6 +7,7 @@ folder with an entry point, put on ``sys.path`` (in-process) or ``PYTHONPATH`` (
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -18,6 +19,17 @@ from PIL import Image
 from tests.plugin_fixture import write_plugin
 
 SPLIT = "refcocog-val-g"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(plugin_dir: Path) -> dict[str, str]:
+    """The environment of a refbench subprocess that sees this checkout and a test plugin:
+    one torch thread, no progress bars."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(plugin_dir)])
+    env["REFBENCH_NO_PROGRESS"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
 
 MODEL_SOURCE = '''
 import time

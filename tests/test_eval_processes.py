@@ -4,7 +4,6 @@ torchrun gives the same records and metrics as one process."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_support import SPLIT, write_model_plugin, write_refer
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.eval_support import SPLIT, subprocess_env, write_model_plugin, write_refer
 
 
 @pytest.fixture
@@ -24,14 +21,6 @@ def plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
     yield tmp_path / "plugin"
     sys.modules.pop("evaltest_plugin", None)
-
-
-def _env(plugin_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(plugin_dir)])
-    env["REFBENCH_NO_PROGRESS"] = "1"
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -54,7 +43,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, plugin):
     command = [sys.executable, "-m", "refbench", "eval", "--model", "evaltest", "--split", SPLIT,
                "--data-root", str(tmp_path / "data"), "--out", str(out), "--batch-size", "1",
                "--set", "sleep=0.3"]
-    process = subprocess.Popen(command, env=_env(plugin), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, env=subprocess_env(plugin), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     predictions = None
     deadline = time.monotonic() + 120
@@ -76,7 +65,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, plugin):
 
     expected = _single_process_run(tmp_path)  # sleep does not change the maps
     assert written < expected["n"]
-    done = subprocess.run([*command, "--resume", str(run_dir)], env=_env(plugin),
+    done = subprocess.run([*command, "--resume", str(run_dir)], env=subprocess_env(plugin),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -93,7 +82,7 @@ def test_two_gloo_processes_match_one(tmp_path, plugin):
                "--nproc_per_node", "2", "-m", "refbench", "eval", "--model", "evaltest",
                "--split", SPLIT, "--data-root", str(tmp_path / "data"), "--out", str(out),
                "--batch-size", "2"]
-    done = subprocess.run(command, env=_env(plugin), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=subprocess_env(plugin), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = list((out / "evaltest" / SPLIT).iterdir())
     expected = _single_process_run(tmp_path)

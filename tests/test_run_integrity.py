@@ -22,11 +22,9 @@ import pytest
 
 from refbench.cli import main
 from refbench.io import DiskFullError, append_jsonl, atomic_write_json, read_jsonl
-from tests.eval_support import SPLIT, write_model_plugin, write_refer
+from tests.eval_support import SPLIT, subprocess_env, write_model_plugin, write_refer
 from tests.plugin_fixture import write_plugin
 from tests.report_fixture import make_records, write_run
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -36,14 +34,6 @@ def plugin(tmp_path, monkeypatch):
     monkeypatch.setenv("REFBENCH_NO_PROGRESS", "1")
     yield tmp_path / "plugin"
     sys.modules.pop("evaltest_plugin", None)
-
-
-def _env(plugin_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(plugin_dir)])
-    env["REFBENCH_NO_PROGRESS"] = "1"
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _command(tmp_path: Path, *extra: str) -> list[str]:
@@ -81,12 +71,12 @@ def _visible(parent: Path) -> list[Path]:
 def test_two_evals_with_one_out_write_two_whole_runs(tmp_path, plugin):
     data = write_refer(tmp_path / "data", num_images=8)
     command = _command(tmp_path, "--out", str(tmp_path / "runs"), "--set", "sleep=0.4")
-    first = subprocess.Popen(command, env=_env(plugin), stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(command, env=subprocess_env(plugin), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     parent = tmp_path / "runs" / "evaltest" / SPLIT
     try:
         _wait_for_lines(parent, 1, first)  # the first run is live and unfinished
-        second = subprocess.run(command, env=_env(plugin), capture_output=True, text=True,
+        second = subprocess.run(command, env=subprocess_env(plugin), capture_output=True, text=True,
                                 timeout=300)
         assert first.wait(timeout=300) == 0, first.stderr.read().decode()
     finally:
@@ -105,12 +95,12 @@ def test_two_evals_with_one_out_write_two_whole_runs(tmp_path, plugin):
 def test_resume_of_a_live_run_is_refused_naming_it_and_its_process(tmp_path, plugin):
     write_refer(tmp_path / "data", num_images=12)
     command = _command(tmp_path, "--out", str(tmp_path / "runs"), "--set", "sleep=1.0")
-    live = subprocess.Popen(command, env=_env(plugin), stdout=subprocess.DEVNULL,
+    live = subprocess.Popen(command, env=subprocess_env(plugin), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     parent = tmp_path / "runs" / "evaltest" / SPLIT
     try:
         run_dir = _wait_for_lines(parent, 1, live)
-        refused = subprocess.run([*command, "--resume", str(run_dir)], env=_env(plugin),
+        refused = subprocess.run([*command, "--resume", str(run_dir)], env=subprocess_env(plugin),
                                  capture_output=True, text=True, timeout=300)
         still_running = live.poll() is None
     finally:
@@ -163,7 +153,7 @@ sys.exit(main(sys.argv[2:]))
 def _killed_at(tmp_path: Path, plugin: Path, where: str, args: list[str]) -> int:
     script = tmp_path / "die.py"
     script.write_text(KILL_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), where, *args], env=_env(plugin),
+    done = subprocess.run([sys.executable, str(script), where, *args], env=subprocess_env(plugin),
                           capture_output=True, text=True, timeout=300)
     return done.returncode
 
@@ -176,7 +166,7 @@ def test_a_kill_while_creating_the_run_folder_does_not_block_the_rerun(tmp_path,
     assert _visible(parent) == []  # no half-made run folder is visible
 
     done = subprocess.run(_command(tmp_path, "--out", str(tmp_path / "runs")),
-                          env=_env(plugin), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(plugin), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert list(parent.iterdir()) == _visible(parent)  # the dead creation was cleaned up
     (run_dir,) = _visible(parent)
@@ -212,7 +202,7 @@ def test_a_kill_during_the_metrics_write_leaves_no_temp_file_after_the_rerun(tmp
     assert list(run_dir.glob(".metrics.json.*.tmp"))  # what the kill left
 
     done = subprocess.run(_command(tmp_path, "--out", str(tmp_path / "runs")),
-                          env=_env(plugin), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(plugin), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["n"] == len(_lines(run_dir))
     assert list(run_dir.glob(".*.tmp")) == []
